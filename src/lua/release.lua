@@ -1,0 +1,16 @@
+-- release.lua: give the lock up (or the place in its queue) and hand it to the next live waiter.
+-- ARGV: holder. Also the undo of a wait that was cancelled or timed out, whatever state it reached.
+-- Returns 1 when the holder owned the lock (its lease may have run out, but nobody took the lock
+-- meanwhile), 0 when it did not.
+local holder = ARGV[1]
+local now_ms, now_us = redis_now()
+forget_waiter(holder)
+redis.call('DEL', grant_key(holder))
+local v = redis.call('HMGET', lock_key, 'owner', 'token')
+if v[1] ~= holder then
+  return 0
+end
+if not hand_over(tonumber(v[2]), now_ms, now_us) then
+  redis.call('DEL', lock_key)
+end
+return 1

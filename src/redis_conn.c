@@ -1,0 +1,482 @@
+/*
+ * redis_conn.c
+ *		Redis connections and their interruptible, time-bounded I/O.
+ *
+ * A RedisServer is one Redis endpoint with this backend's connection to it, made lazily with a
+ * non-blocking hiredis context. Every wait for the socket goes through WaitLatchOrSocket, so that
+ * cancel requests, statement_timeout and postmaster death reach a backend that waits on Redis, and every
+ * round trip has a deadline. Callers describe commands as binary-safe argument vectors and get hiredis
+ * replies back.
+ *
+ * A connection whose round trip did not finish (timeout, I/O error, or an interrupt that threw out of
+ * the wait) is closed: its stream may still carry a reply we would misread. The next call reconnects.
+ * Replies read so far live in the server's inbox, not on the caller's stack, so an ERROR thrown out of
+ * the wait cannot leak them; the inbox is emptied when the connection is closed or reused.
+ *
+ * Only the primary server (redislock.host/port) exists today; the struct keeps everything per server so
+ * that Sentinel, Cluster or a quorum of masters can add more.
+ */
+#include "redislock.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/fd.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+struct RedisServer
+{
+	char		name[MAXPGPATH + 16];	/* "host:port" or socket path, for messages */
+	redisContext *ctx;			/* NULL when not connected */
+	bool		in_flight;		/* a round trip started and did not finish */
+	redisReply **inbox;			/* replies read in the current round trip */
+	int			inbox_len;
+	int			inbox_cap;
+};
+
+static RedisServer primary_server;
+
+static void
+server_set_name(RedisServer *server)
+{
+	if (redislock_host[0] == '/')
+		snprintf(server->name, sizeof(server->name), "%s", redislock_host);
+	else
+		snprintf(server->name, sizeof(server->name), "%s:%d", redislock_host, redislock_port);
+}
+
+RedisServer *
+redis_primary_server(void)
+{
+	if (redislock_connection_settings_changed)
+	{
+		redis_disconnect(&primary_server);
+		redislock_connection_settings_changed = false;
+	}
+	if (primary_server.ctx == NULL)
+		server_set_name(&primary_server);
+	return &primary_server;
+}
+
+const char *
+redis_server_name(RedisServer *server)
+{
+	return server->name;
+}
+
+static void
+inbox_clear(RedisServer *server)
+{
+	redis_free_replies(server->inbox_len, server->inbox);
+	server->inbox_len = 0;
+}
+
+/* Close the connection, if any, and drop whatever it was in the middle of. */
+void
+redis_disconnect(RedisServer *server)
+{
+	inbox_clear(server);
+	if (server->ctx != NULL)
+	{
+		redisFree(server->ctx);
+		server->ctx = NULL;
+		ReleaseExternalFD();
+	}
+	server->in_flight = false;
+}
+
+void
+redis_free_replies(int n, redisReply **replies)
+{
+	for (int i = 0; i < n; i++)
+	{
+		if (replies[i] != NULL)
+			freeReplyObject(replies[i]);
+		replies[i] = NULL;
+	}
+}
+
+static void
+set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
+pg_attribute_printf(4, 5);
+
+static void
+set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
+{
+	va_list		args;
+
+	err->sqlstate = sqlstate;
+	va_start(args, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, args);
+	va_end(args);
+	snprintf(err->hint, sizeof(err->hint), "%s", hint ? hint : "");
+}
+
+static long
+ms_until(TimestampTz deadline)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (now >= deadline)
+		return 0;
+	return (long) ((deadline - now + 999) / 1000);
+}
+
+/*
+ * Wait until the socket is ready for events, or the deadline passes (false). Interrupts are served while
+ * waiting when interruptible; an interrupt that throws leaves server->in_flight set, so the connection
+ * is closed before its next use.
+ */
+static bool
+wait_for_socket(RedisServer *server, int events, TimestampTz deadline, bool interruptible)
+{
+	for (;;)
+	{
+		long		timeout = ms_until(deadline);
+		int			rc;
+
+		if (timeout <= 0)
+			return false;
+		/*
+		 * Outside interruptible calls we may be in a commit or abort callback or already exiting, where
+		 * exiting again on postmaster death is no option: there it just ends the wait.
+		 */
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_LATCH_SET | WL_TIMEOUT | events |
+							   (interruptible ? WL_EXIT_ON_PM_DEATH : WL_POSTMASTER_DEATH),
+							   server->ctx->fd, timeout, PG_WAIT_EXTENSION);
+		if (rc & WL_POSTMASTER_DEATH)
+			return false;
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			if (interruptible)
+				CHECK_FOR_INTERRUPTS();
+		}
+		if (rc & events)
+			return true;
+	}
+}
+
+/* Send what the context has buffered, within the deadline. */
+static bool
+flush_output(RedisServer *server, TimestampTz deadline, bool interruptible, RedisError *err)
+{
+	int			done = 0;
+
+	while (!done)
+	{
+		if (redisBufferWrite(server->ctx, &done) == REDIS_ERR)
+		{
+			set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
+					  "lost connection to Redis at %s: %s", server->name, server->ctx->errstr);
+			return false;
+		}
+		if (!done && !wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
+		{
+			set_error(err, ERRCODE_CONNECTION_FAILURE,
+					  "Check that Redis is running and not overloaded, or raise redislock.command_timeout.",
+					  "Redis at %s did not accept a command in time", server->name);
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Read n replies into the inbox, within the deadline. */
+static bool
+read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, bool interruptible,
+			 RedisError *err)
+{
+	while (server->inbox_len < n)
+	{
+		void	   *reply = NULL;
+
+		if (redisGetReplyFromReader(server->ctx, &reply) == REDIS_ERR)
+		{
+			set_error(err, ERRCODE_PROTOCOL_VIOLATION, NULL,
+					  "invalid reply from Redis at %s: %s", server->name, server->ctx->errstr);
+			return false;
+		}
+		if (reply != NULL)
+		{
+			server->inbox[server->inbox_len++] = reply;
+			continue;
+		}
+		if (!wait_for_socket(server, WL_SOCKET_READABLE, deadline, interruptible))
+		{
+			set_error(err, ERRCODE_CONNECTION_FAILURE,
+					  "Check that Redis is running and not overloaded, or raise redislock.command_timeout.",
+					  "Redis at %s did not answer within %d ms", server->name, timeout_ms);
+			return false;
+		}
+		if (redisBufferRead(server->ctx) == REDIS_ERR)
+		{
+			set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
+					  "lost connection to Redis at %s: %s", server->name,
+					  server->ctx->err == REDIS_ERR_EOF ? "server closed the connection" :
+					  server->ctx->errstr);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void
+inbox_reserve(RedisServer *server, int n)
+{
+	if (server->inbox_cap >= n)
+		return;
+	if (server->inbox == NULL)
+		server->inbox = MemoryContextAllocZero(TopMemoryContext, n * sizeof(redisReply *));
+	else
+	{
+		server->inbox = repalloc(server->inbox, n * sizeof(redisReply *));
+		memset(server->inbox + server->inbox_cap, 0, (n - server->inbox_cap) * sizeof(redisReply *));
+	}
+	server->inbox_cap = n;
+}
+
+/* Append commands to the context's output buffer (hiredis copies the arguments). */
+static void
+append_commands(RedisServer *server, int ncmds, const RedisCommand *cmds)
+{
+	for (int i = 0; i < ncmds; i++)
+	{
+		if (redisAppendCommandArgv(server->ctx, cmds[i].argc,
+								   (const char **) cmds[i].argv, cmds[i].argvlen) != REDIS_OK)
+			elog(ERROR, "out of memory while formatting a Redis command");
+	}
+}
+
+/* The one-time AUTH / SELECT after connecting, when the settings ask for them. */
+static bool
+handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisError *err)
+{
+	RedisCommand cmds[2];
+	int			n = 0;
+	char		db[16];
+
+	if (redislock_password[0] != '\0')
+	{
+		RedisCommand *c = &cmds[n++];
+
+		c->argc = 0;
+		c->argv[c->argc] = "AUTH";
+		c->argvlen[c->argc++] = 4;
+		if (redislock_username[0] != '\0')
+		{
+			c->argv[c->argc] = redislock_username;
+			c->argvlen[c->argc++] = strlen(redislock_username);
+		}
+		c->argv[c->argc] = redislock_password;
+		c->argvlen[c->argc++] = strlen(redislock_password);
+	}
+	if (redislock_database != 0)
+	{
+		RedisCommand *c = &cmds[n++];
+
+		snprintf(db, sizeof(db), "%d", redislock_database);
+		c->argc = 2;
+		c->argv[0] = "SELECT";
+		c->argvlen[0] = 6;
+		c->argv[1] = db;
+		c->argvlen[1] = strlen(db);
+	}
+	if (n == 0)
+		return true;
+
+	inbox_reserve(server, n);
+	append_commands(server, n, cmds);
+	if (!flush_output(server, deadline, interruptible, err) ||
+		!read_replies(server, n, deadline, redislock_connect_timeout_ms, interruptible, err))
+		return false;
+	for (int i = 0; i < n; i++)
+	{
+		if (server->inbox[i]->type == REDIS_REPLY_ERROR)
+		{
+			redis_error_from_reply(server, server->inbox[i], err);
+			return false;
+		}
+	}
+	inbox_clear(server);
+	return true;
+}
+
+/* Connect within redislock.connect_timeout; on failure the server stays disconnected. */
+static bool
+server_connect(RedisServer *server, bool interruptible, RedisError *err)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   redislock_connect_timeout_ms);
+	int			sockerr = 0;
+	socklen_t	len = sizeof(sockerr);
+
+	server_set_name(server);
+	if (!AcquireExternalFD())
+	{
+		set_error(err, ERRCODE_INSUFFICIENT_RESOURCES, NULL,
+				  "could not connect to Redis at %s: too many open files", server->name);
+		return false;
+	}
+	if (redislock_host[0] == '/')
+		server->ctx = redisConnectUnixNonBlock(redislock_host);
+	else
+		server->ctx = redisConnectNonBlock(redislock_host, redislock_port);
+	if (server->ctx == NULL)
+	{
+		ReleaseExternalFD();
+		set_error(err, ERRCODE_OUT_OF_MEMORY, NULL,
+				  "could not connect to Redis at %s: out of memory", server->name);
+		return false;
+	}
+	if (server->ctx->err)
+	{
+		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+				  "Check redislock.host and redislock.port, and that Redis is running.",
+				  "could not connect to Redis at %s: %s", server->name, server->ctx->errstr);
+		redis_disconnect(server);
+		return false;
+	}
+
+	/* hiredis started a non-blocking connect; it is done when the socket is writable */
+	server->in_flight = true;
+	if (!wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
+	{
+		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+				  "Check redislock.host and redislock.port, or raise redislock.connect_timeout.",
+				  "could not connect to Redis at %s: timed out after %d ms",
+				  server->name, redislock_connect_timeout_ms);
+		redis_disconnect(server);
+		return false;
+	}
+	if (getsockopt(server->ctx->fd, SOL_SOCKET, SO_ERROR, &sockerr, &len) < 0)
+		sockerr = errno;
+	if (sockerr != 0)
+	{
+		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+				  "Check redislock.host and redislock.port, and that Redis is running.",
+				  "could not connect to Redis at %s: %s", server->name, strerror(sockerr));
+		redis_disconnect(server);
+		return false;
+	}
+	redisEnableKeepAlive(server->ctx);
+
+	if (!handshake(server, deadline, interruptible, err))
+	{
+		redis_disconnect(server);
+		return false;
+	}
+	server->in_flight = false;
+	return true;
+}
+
+/*
+ * Send ncmds commands in one write and read their ncmds replies: one round trip, finished within
+ * timeout_ms (connecting first, if needed, within redislock.connect_timeout).
+ *
+ * On success replies[0..ncmds-1] hold the replies, which the caller frees with redis_free_replies
+ * before it raises anything. On failure the connection is closed and err says why. Nothing here throws,
+ * except CHECK_FOR_INTERRUPTS when interruptible.
+ */
+bool
+redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisReply **replies,
+				int timeout_ms, bool interruptible, RedisError *err)
+{
+	TimestampTz deadline;
+
+	if (server->in_flight)
+		redis_disconnect(server);
+	inbox_clear(server);
+	if (server->ctx == NULL && !server_connect(server, interruptible, err))
+		return false;
+
+	inbox_reserve(server, ncmds);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	server->in_flight = true;
+	append_commands(server, ncmds, cmds);
+	if (!flush_output(server, deadline, interruptible, err) ||
+		!read_replies(server, ncmds, deadline, timeout_ms, interruptible, err))
+	{
+		redis_disconnect(server);
+		return false;
+	}
+	server->in_flight = false;
+	for (int i = 0; i < ncmds; i++)
+	{
+		replies[i] = server->inbox[i];
+		server->inbox[i] = NULL;
+	}
+	server->inbox_len = 0;
+	return true;
+}
+
+/*
+ * Describe a Redis error reply as an error of ours, with the SQLSTATE and hint that fit its code.
+ */
+void
+redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError *err)
+{
+	const char *s = reply->str ? reply->str : "";
+	int			len = (int) Min(reply->len, 300);
+
+#define REPLY_STARTS(prefix) (strncmp(s, prefix, strlen(prefix)) == 0)
+	if (REPLY_STARTS("NOAUTH") || REPLY_STARTS("WRONGPASS") || REPLY_STARTS("ERR invalid password") ||
+		REPLY_STARTS("ERR AUTH"))
+		set_error(err, ERRCODE_INVALID_PASSWORD,
+				  "Check redislock.username and redislock.password.",
+				  "Redis at %s refused authentication: %.*s", server->name, len, s);
+	else if (REPLY_STARTS("NOPERM"))
+		set_error(err, ERRCODE_INSUFFICIENT_PRIVILEGE,
+				  "Grant the Redis ACL user the commands EVALSHA, EVAL, BLPOP and the keys under redislock.key_prefix.",
+				  "Redis at %s denied permission: %.*s", server->name, len, s);
+	else if (REPLY_STARTS("OOM"))
+		set_error(err, ERRCODE_OUT_OF_MEMORY,
+				  "Raise Redis's maxmemory or free memory there.",
+				  "Redis at %s is out of memory: %.*s", server->name, len, s);
+	else if (REPLY_STARTS("READONLY"))
+		set_error(err, ERRCODE_READ_ONLY_SQL_TRANSACTION,
+				  "Point redislock.host and redislock.port at the master.",
+				  "Redis at %s is a read-only replica: %.*s", server->name, len, s);
+	else if (REPLY_STARTS("LOADING") || REPLY_STARTS("BUSY") || REPLY_STARTS("MASTERDOWN") ||
+			 REPLY_STARTS("TRYAGAIN") || REPLY_STARTS("CLUSTERDOWN"))
+		set_error(err, ERRCODE_CANNOT_CONNECT_NOW, "Retry when Redis is ready.",
+				  "Redis at %s is not ready: %.*s", server->name, len, s);
+	else
+		set_error(err, ERRCODE_CONNECTION_EXCEPTION, NULL,
+				  "Redis at %s returned an error: %.*s", server->name, len, s);
+#undef REPLY_STARTS
+}
+
+/* A reply of the wrong shape: the server is not the Redis we expect, or the stream is corrupt. */
+void
+redis_error_malformed(RedisServer *server, const char *what, RedisError *err)
+{
+	set_error(err, ERRCODE_PROTOCOL_VIOLATION, NULL,
+			  "unexpected reply from Redis at %s: %s", server->name, what);
+	redis_disconnect(server);
+}
+
+void
+redis_raise(const RedisError *err)
+{
+	ereport(ERROR,
+			(errcode(err->sqlstate),
+			 errmsg_internal("%s", err->message),
+			 err->hint[0] ? errhint("%s", err->hint) : 0));
+	pg_unreachable();
+}
+
+void
+redis_warn(const RedisError *err, const char *context)
+{
+	ereport(WARNING,
+			(errcode(err->sqlstate),
+			 errmsg_internal("%s", err->message),
+			 errdetail_internal("%s", context),
+			 err->hint[0] ? errhint("%s", err->hint) : 0));
+}

@@ -1,0 +1,161 @@
+/*
+ * redislock.h
+ *		Declarations shared by the files of the redislock extension.
+ *
+ * Files and what each owns:
+ *	redislock.c		module entry point (_PG_init)
+ *	settings.c		the redislock.* settings
+ *	redis_conn.c	Redis connections and their interruptible, time-bounded I/O
+ *	scripts.c		the Lua scripts (embedded at build time) and EVALSHA with NOSCRIPT fallback
+ *	lock_ops.c		lock operations in Redis: acquire, wait in the FIFO queue, release, verify, info
+ *	lock_table.c	this backend's held locks, their hold counts and subtransaction levels
+ *	xact.c			transaction, subtransaction and backend-exit integration
+ *	sql_api.c		the SQL-callable functions and their argument checks
+ */
+#ifndef REDISLOCK_H
+#define REDISLOCK_H
+
+#include "postgres.h"
+
+#include <hiredis/hiredis.h>
+
+#include "datatype/timestamp.h"
+
+/* Longest lock key accepted, in bytes. */
+#define REDISLOCK_KEY_MAX 1024
+
+/*
+ * How often a waiting backend re-checks its place (heartbeat), and how long a queued waiter that stops
+ * re-checking is still taken for alive. A waiter that dies without cleaning up blocks those behind it
+ * for at most REDISLOCK_WAITER_LIVENESS_MS.
+ */
+#define REDISLOCK_RECHECK_MS 1000
+#define REDISLOCK_WAITER_LIVENESS_MS 3000
+
+/* settings.c */
+extern char *redislock_host;
+extern int	redislock_port;
+extern char *redislock_username;
+extern char *redislock_password;
+extern int	redislock_database;
+extern int	redislock_connect_timeout_ms;
+extern int	redislock_command_timeout_ms;
+extern int	redislock_default_ttl_ms;
+extern char *redislock_key_prefix;
+extern bool redislock_connection_settings_changed;
+extern void redislock_define_settings(void);
+
+/* redis_conn.c */
+#define REDIS_MAX_ARGS 12
+
+/* One command as binary-safe arguments; the strings belong to the caller. */
+typedef struct RedisCommand
+{
+	int			argc;
+	const char *argv[REDIS_MAX_ARGS];
+	size_t		argvlen[REDIS_MAX_ARGS];
+} RedisCommand;
+
+/* Why a round trip failed, ready to be raised as an ERROR or a WARNING. */
+typedef struct RedisError
+{
+	int			sqlstate;
+	char		message[512];
+	char		hint[256];
+} RedisError;
+
+typedef struct RedisServer RedisServer;
+
+extern RedisServer *redis_primary_server(void);
+extern bool redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds,
+							redisReply **replies, int timeout_ms, bool interruptible,
+							RedisError *err);
+extern void redis_free_replies(int n, redisReply **replies);
+extern void redis_disconnect(RedisServer *server);
+extern const char *redis_server_name(RedisServer *server);
+extern void redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError *err);
+extern void redis_error_malformed(RedisServer *server, const char *what, RedisError *err);
+extern void redis_raise(const RedisError *err) pg_attribute_noreturn();
+extern void redis_warn(const RedisError *err, const char *context);
+
+/* scripts.c */
+typedef enum RedisScriptId
+{
+	SCRIPT_ACQUIRE,
+	SCRIPT_RELEASE,
+	SCRIPT_VERIFY,
+	SCRIPT_INFO
+} RedisScriptId;
+
+/* The Redis keys of one lock; all share one hash tag. */
+typedef struct LockKeys
+{
+	char	   *lock;			/* {P K}: owner, token, lease expiry */
+	size_t		lock_len;
+	char	   *queue;			/* {P K}:q: FIFO of waiters */
+	size_t		queue_len;
+	char	   *waiters;		/* {P K}:w: waiter heartbeats */
+	size_t		waiters_len;
+} LockKeys;
+
+extern void redis_script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
+								 int nargs, const char *const *args);
+extern bool redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds,
+							  RedisScriptId *ids, redisReply **replies, int timeout_ms,
+							  bool interruptible, RedisError *err);
+
+/* lock_ops.c */
+typedef struct LockInfo
+{
+	bool		held;
+	char	   *holder;
+	int64		token;
+	int64		lease_left_ms;
+	int64		waiters;
+} LockInfo;
+
+extern const char *redislock_holder_id(void);
+extern void lock_keys_build(const char *key, LockKeys *keys);
+extern bool redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampTz *lease_start);
+extern int64 redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start);
+extern bool redis_lock_release_many(int n, char **keys, int *owned, bool interruptible,
+									RedisError *err);
+extern bool redis_lock_verify_many(int n, char **keys, const int64 *tokens, int keep_ms,
+								   int *kept, RedisError *err);
+extern void redis_lock_info_fetch(const char *key, LockInfo *info);
+
+/* lock_table.c */
+typedef struct HeldLock
+{
+	char		key[REDISLOCK_KEY_MAX + 1]; /* hash key: the lock key as given */
+	int64		token;			/* fencing token of this acquisition */
+	int			ttl_ms;			/* lease asked for */
+	TimestampTz acquired_at;	/* when this backend got it */
+	TimestampTz lease_start;	/* no later than the lease began in Redis */
+	int			nholds;			/* re-entrant holds */
+	int			holds_cap;
+	int		   *hold_levels;	/* transaction nesting level of each hold, oldest first */
+} HeldLock;
+
+extern HeldLock *lock_table_find(const char *key);
+extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start);
+extern void lock_table_push_hold(HeldLock *lock);
+extern void lock_table_pop_hold(HeldLock *lock);
+extern void lock_table_remove(HeldLock *lock);
+extern int	lock_table_count(void);
+extern int	lock_table_collect(HeldLock ***locks);
+extern int	lock_table_collect_level(int level, HeldLock ***locks);
+extern void lock_table_reassign_level(int from_level, int to_level);
+extern void lock_table_set_pending(const char *key);
+extern void lock_table_clear_pending(void);
+extern const char *lock_table_pending(void);
+extern void lock_table_note_lost(const char *key);
+extern const char *lock_table_lost(void);
+extern void lock_table_reset_xact(void);
+
+/* xact.c */
+extern void redislock_xact_init(void);
+extern int	redislock_release_all(bool interruptible);
+extern void redislock_release_one(HeldLock *lock);
+
+#endif							/* REDISLOCK_H */

@@ -1,0 +1,110 @@
+/*
+ * scripts.c
+ *		The Redis-side logic of redislock: Lua scripts run atomically by Redis.
+ *
+ * The scripts live in src/lua/ (common.lua is prepended to each) and are embedded at build time,
+ * together with their SHA1, by src/lua/embed.sh. They are called with EVALSHA; a NOSCRIPT reply (after
+ * SCRIPT FLUSH, a restart or a failover) is answered by sending that command again as EVAL, which
+ * also loads the script for the next EVALSHA. A script that answered NOSCRIPT did not run, so
+ * resending is safe.
+ */
+#include "redislock.h"
+
+#include "scripts_generated.h"
+
+typedef struct ScriptDef
+{
+	const char *sha1;
+	const char *text;
+	size_t		text_len;
+} ScriptDef;
+
+static const ScriptDef scripts[] = {
+	[SCRIPT_ACQUIRE] = {SCRIPT_ACQUIRE_SHA1, SCRIPT_ACQUIRE_TEXT, sizeof(SCRIPT_ACQUIRE_TEXT) - 1},
+	[SCRIPT_RELEASE] = {SCRIPT_RELEASE_SHA1, SCRIPT_RELEASE_TEXT, sizeof(SCRIPT_RELEASE_TEXT) - 1},
+	[SCRIPT_VERIFY] = {SCRIPT_VERIFY_SHA1, SCRIPT_VERIFY_TEXT, sizeof(SCRIPT_VERIFY_TEXT) - 1},
+	[SCRIPT_INFO] = {SCRIPT_INFO_SHA1, SCRIPT_INFO_TEXT, sizeof(SCRIPT_INFO_TEXT) - 1},
+};
+
+/* EVALSHA <sha1> 3 <lock> <queue> <waiters> <args...> */
+void
+redis_script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
+					 int nargs, const char *const *args)
+{
+	Assert(nargs + 6 <= REDIS_MAX_ARGS);
+	cmd->argv[0] = "EVALSHA";
+	cmd->argvlen[0] = 7;
+	cmd->argv[1] = scripts[id].sha1;
+	cmd->argvlen[1] = 40;
+	cmd->argv[2] = "3";
+	cmd->argvlen[2] = 1;
+	cmd->argv[3] = keys->lock;
+	cmd->argvlen[3] = keys->lock_len;
+	cmd->argv[4] = keys->queue;
+	cmd->argvlen[4] = keys->queue_len;
+	cmd->argv[5] = keys->waiters;
+	cmd->argvlen[5] = keys->waiters_len;
+	cmd->argc = 6;
+	for (int i = 0; i < nargs; i++)
+	{
+		cmd->argv[cmd->argc] = args[i];
+		cmd->argvlen[cmd->argc] = strlen(args[i]);
+		cmd->argc++;
+	}
+}
+
+static bool
+is_noscript(const redisReply *reply)
+{
+	return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
+		strncmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+/*
+ * Run script commands built by redis_script_command in one round trip, plus a second one only when
+ * Redis had forgotten a script. ids[i] names the script of cmds[i]. On success every reply is set
+ * (Redis error replies included: the caller interprets them); on failure nothing is left allocated.
+ */
+bool
+redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *ids,
+				  redisReply **replies, int timeout_ms, bool interruptible, RedisError *err)
+{
+	int			nmissing = 0;
+
+	if (!redis_roundtrip(server, ncmds, cmds, replies, timeout_ms, interruptible, err))
+		return false;
+	for (int i = 0; i < ncmds; i++)
+	{
+		if (is_noscript(replies[i]))
+		{
+			freeReplyObject(replies[i]);
+			replies[i] = NULL;
+			cmds[i].argv[0] = "EVAL";
+			cmds[i].argvlen[0] = 4;
+			cmds[i].argv[1] = scripts[ids[i]].text;
+			cmds[i].argvlen[1] = scripts[ids[i]].text_len;
+			cmds[nmissing] = cmds[i];
+			nmissing++;
+		}
+	}
+	if (nmissing > 0)
+	{
+		redisReply *reloaded[64];
+		redisReply **again = nmissing <= 64 ? reloaded : palloc(nmissing * sizeof(redisReply *));
+		int			j = 0;
+
+		if (!redis_roundtrip(server, nmissing, cmds, again, timeout_ms, interruptible, err))
+		{
+			redis_free_replies(ncmds, replies);
+			return false;
+		}
+		for (int i = 0; i < ncmds; i++)
+		{
+			if (replies[i] == NULL)
+				replies[i] = again[j++];
+		}
+		if (again != reloaded)
+			pfree(again);
+	}
+	return true;
+}

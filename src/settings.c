@@ -1,0 +1,145 @@
+/*
+ * settings.c
+ *		The redislock.* settings.
+ *
+ * Settings that choose where a backend connects, with which credentials, and under which key prefix are
+ * PGC_SUSET: only a superuser may point the server at another Redis or into another lock namespace. The
+ * password is also GUC_SUPERUSER_ONLY, so it is never shown to anyone else. Changing a connection
+ * setting makes the next Redis call reconnect.
+ */
+#include "redislock.h"
+
+#include <limits.h>
+
+#include "utils/guc.h"
+
+char	   *redislock_host = NULL;
+int			redislock_port = 6379;
+char	   *redislock_username = NULL;
+char	   *redislock_password = NULL;
+int			redislock_database = 0;
+int			redislock_connect_timeout_ms = 2000;
+int			redislock_command_timeout_ms = 2000;
+int			redislock_default_ttl_ms = 30000;
+char	   *redislock_key_prefix = NULL;
+
+/* Set when a connection setting changes; redis_conn.c reconnects and clears it. */
+bool		redislock_connection_settings_changed = false;
+
+static void
+mark_connection_settings_changed(const char *newval, void *extra)
+{
+	redislock_connection_settings_changed = true;
+}
+
+static void
+mark_connection_int_changed(int newval, void *extra)
+{
+	redislock_connection_settings_changed = true;
+}
+
+/*
+ * Braces in the prefix would move the Redis Cluster hash tag, and an empty prefix would let a key that
+ * starts with '}' produce an empty one; both would scatter a lock's keys across slots.
+ */
+static bool
+check_key_prefix(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+	{
+		GUC_check_errdetail("redislock.key_prefix must not be empty.");
+		return false;
+	}
+	if (strchr(*newval, '{') != NULL || strchr(*newval, '}') != NULL)
+	{
+		GUC_check_errdetail("redislock.key_prefix must not contain braces.");
+		return false;
+	}
+	if (strlen(*newval) > 256)
+	{
+		GUC_check_errdetail("redislock.key_prefix must be at most 256 bytes.");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_host(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+	{
+		GUC_check_errdetail("redislock.host must name a host, an address or a Unix socket path.");
+		return false;
+	}
+	return true;
+}
+
+void
+redislock_define_settings(void)
+{
+	DefineCustomStringVariable("redislock.host",
+							   "Redis host, address, or Unix socket path (starting with /).",
+							   NULL,
+							   &redislock_host,
+							   "127.0.0.1",
+							   PGC_SUSET, 0,
+							   check_host, mark_connection_settings_changed, NULL);
+	DefineCustomIntVariable("redislock.port",
+							"Redis TCP port.",
+							NULL,
+							&redislock_port,
+							6379, 1, 65535,
+							PGC_SUSET, 0,
+							NULL, mark_connection_int_changed, NULL);
+	DefineCustomStringVariable("redislock.username",
+							   "Redis ACL user name; empty for the default user.",
+							   NULL,
+							   &redislock_username,
+							   "",
+							   PGC_SUSET, 0,
+							   NULL, mark_connection_settings_changed, NULL);
+	DefineCustomStringVariable("redislock.password",
+							   "Redis password; empty for none.",
+							   NULL,
+							   &redislock_password,
+							   "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, mark_connection_settings_changed, NULL);
+	DefineCustomIntVariable("redislock.database",
+							"Redis logical database number.",
+							NULL,
+							&redislock_database,
+							0, 0, INT_MAX,
+							PGC_SUSET, 0,
+							NULL, mark_connection_int_changed, NULL);
+	DefineCustomIntVariable("redislock.connect_timeout",
+							"Time allowed to connect to Redis, including authentication.",
+							NULL,
+							&redislock_connect_timeout_ms,
+							2000, 1, INT_MAX,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("redislock.command_timeout",
+							"Time allowed for one Redis round trip, beyond any time spent waiting for a lock.",
+							NULL,
+							&redislock_command_timeout_ms,
+							2000, 1, INT_MAX,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("redislock.default_ttl",
+							"Lease of a lock taken without an explicit ttl.",
+							NULL,
+							&redislock_default_ttl_ms,
+							30000, 1, INT_MAX / 2,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("redislock.key_prefix",
+							   "Prefix of every Redis key redislock creates.",
+							   NULL,
+							   &redislock_key_prefix,
+							   "redislock:",
+							   PGC_SUSET, 0,
+							   check_key_prefix, NULL, NULL);
+
+	MarkGUCPrefixReserved("redislock");
+}

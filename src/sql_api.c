@@ -1,0 +1,245 @@
+/*
+ * sql_api.c
+ *		The SQL-callable functions of redislock and the checks of their arguments.
+ *
+ * Argument errors: a NULL key is 22004; an empty or too long key, a ttl that is not positive and a
+ * negative timeout are 22023, naming the argument. Keys reach Redis as binary-safe arguments, so any
+ * text value is a valid key.
+ */
+#include "redislock.h"
+
+#include "access/htup_details.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "common/int.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(redis_wait_lock);
+PG_FUNCTION_INFO_V1(redis_try_lock);
+PG_FUNCTION_INFO_V1(redis_unlock);
+PG_FUNCTION_INFO_V1(redis_unlock_all);
+PG_FUNCTION_INFO_V1(redis_fencing_token);
+PG_FUNCTION_INFO_V1(redis_locks);
+PG_FUNCTION_INFO_V1(redis_lock_info);
+
+/* The key argument as a C string, checked. */
+static char *
+key_arg(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *t;
+	int			len;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("redis lock key must not be null")));
+	t = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for argument \"key\""),
+				 errdetail("A redis lock key must not be empty.")));
+	if (len > REDISLOCK_KEY_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for argument \"key\""),
+				 errdetail("A redis lock key is at most %d bytes; this one has %d.",
+						   REDISLOCK_KEY_MAX, len)));
+	return text_to_cstring(t);
+}
+
+/* An interval argument in milliseconds (rounded up); months count as 30 days, as elsewhere in SQL. */
+static int64
+interval_ms(const Interval *span)
+{
+	int64		usecs;
+	int64		days = (int64) span->month * DAYS_PER_MONTH + span->day;
+
+	if (pg_mul_s64_overflow(days, USECS_PER_DAY, &usecs) ||
+		pg_add_s64_overflow(usecs, span->time, &usecs))
+		return span->time < 0 || days < 0 ? PG_INT64_MIN : PG_INT64_MAX;
+	if (usecs > 0)
+		return usecs / 1000 + (usecs % 1000 != 0);
+	return usecs / 1000 - (usecs % 1000 != 0);
+}
+
+static int
+ttl_arg(FunctionCallInfo fcinfo, int argno)
+{
+	int64		ms;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return redislock_default_ttl_ms;
+	ms = interval_ms(PG_GETARG_INTERVAL_P(argno));
+	if (ms <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for argument \"ttl\""),
+				 errdetail("A lock's ttl must be positive.")));
+	if (ms > INT_MAX / 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for argument \"ttl\""),
+				 errdetail("A lock's ttl is at most %d ms.", INT_MAX / 2)));
+	return (int) ms;
+}
+
+/* The timeout argument in ms, 0 for no limit; NULL means lock_timeout. */
+static int
+timeout_arg(FunctionCallInfo fcinfo, int argno)
+{
+	int64		ms;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return LockTimeout;
+	ms = interval_ms(PG_GETARG_INTERVAL_P(argno));
+	if (ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for argument \"timeout\""),
+				 errdetail("A timeout must not be negative; 0 waits without limit.")));
+	return ms > INT_MAX ? 0 : (int) ms;
+}
+
+/* A hold on a key this backend already has: one more hold, no round trip. */
+static HeldLock *
+hold_again(const char *key)
+{
+	HeldLock   *lock = lock_table_find(key);
+
+	if (lock != NULL)
+		lock_table_push_hold(lock);
+	return lock;
+}
+
+Datum
+redis_wait_lock(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	int			ttl_ms = ttl_arg(fcinfo, 1);
+	int			timeout_ms = timeout_arg(fcinfo, 2);
+	HeldLock   *lock;
+	TimestampTz lease_start;
+	int64		token;
+
+	redislock_xact_init();
+	if ((lock = hold_again(key)) != NULL)
+		PG_RETURN_INT64(lock->token);
+	token = redis_lock_wait(key, ttl_ms, timeout_ms, &lease_start);
+	lock = lock_table_add(key, token, ttl_ms, lease_start);
+	PG_RETURN_INT64(lock->token);
+}
+
+Datum
+redis_try_lock(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	int			ttl_ms = ttl_arg(fcinfo, 1);
+	TimestampTz lease_start;
+	int64		token;
+
+	redislock_xact_init();
+	if (hold_again(key) != NULL)
+		PG_RETURN_BOOL(true);
+	if (!redis_lock_try(key, ttl_ms, &token, &lease_start))
+		PG_RETURN_BOOL(false);
+	lock_table_add(key, token, ttl_ms, lease_start);
+	PG_RETURN_BOOL(true);
+}
+
+Datum
+redis_unlock(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	HeldLock   *lock = lock_table_find(key);
+
+	if (lock == NULL)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("you don't own a redis lock on key \"%s\"", key)));
+		PG_RETURN_BOOL(false);
+	}
+	if (lock->nholds > 1)
+		lock_table_pop_hold(lock);
+	else
+		redislock_release_one(lock);
+	PG_RETURN_BOOL(true);
+}
+
+Datum
+redis_unlock_all(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(redislock_release_all(true));
+}
+
+Datum
+redis_fencing_token(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	HeldLock   *lock = lock_table_find(key);
+
+	if (lock == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(lock->token);
+}
+
+/* redis_locks(): the locks this backend holds. */
+Datum
+redis_locks(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HeldLock  **locks;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	n = lock_table_collect(&locks);
+	for (int i = 0; i < n; i++)
+	{
+		HeldLock   *lock = locks[i];
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		values[0] = CStringGetTextDatum(lock->key);
+		values[1] = Int32GetDatum(lock->nholds);
+		values[2] = Int64GetDatum(lock->token);
+		values[3] = TimestampTzGetDatum(lock->acquired_at);
+		values[4] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(lock->lease_start, lock->ttl_ms));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	pfree(locks);
+	return (Datum) 0;
+}
+
+/* redis_lock_info(key): what Redis knows of a lock now, whoever holds it. */
+Datum
+redis_lock_info(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	TupleDesc	tupdesc;
+	LockInfo	info;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	redis_lock_info_fetch(key, &info);
+
+	values[0] = BoolGetDatum(info.held);
+	if (info.held)
+	{
+		Interval   *left = palloc0(sizeof(Interval));
+
+		left->time = info.lease_left_ms * 1000;
+		values[1] = CStringGetTextDatum(info.holder);
+		values[2] = Int64GetDatum(info.token);
+		values[3] = IntervalPGetDatum(left);
+	}
+	else
+		nulls[1] = nulls[2] = nulls[3] = true;
+	values[4] = Int32GetDatum((int32) Min(info.waiters, PG_INT32_MAX));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

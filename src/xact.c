@@ -1,0 +1,287 @@
+/*
+ * xact.c
+ *		How a Redis lock's life follows the transaction, the subtransaction and the backend.
+ *
+ * Registered lazily by the first lock call of a backend:
+ *	- PRE_COMMIT: refuse to commit (40001) when a lock was lost; prove, in one round trip, that locks
+ *	  whose lease is close to running out are still ours and keep them through the commit. A lock well
+ *	  inside its lease costs nothing here, so an uncontended lock cycle is two Redis commands.
+ *	- PRE_PREPARE: refuse PREPARE TRANSACTION while holding a lock (0A000).
+ *	- COMMIT / ABORT: release every lock, and undo a wait in flight, in one round trip. This runs after
+ *	  the commit is visible, with interrupts held: it is time-bounded and failures are WARNINGs (the
+ *	  lease frees the lock).
+ *	- ABORT_SUB / COMMIT_SUB: drop the holds a subtransaction took, or hand them to its parent.
+ *	- backend exit: release whatever is left, time-bounded.
+ */
+#include "redislock.h"
+
+#include "access/xact.h"
+#include "storage/ipc.h"
+#include "utils/timestamp.h"
+
+static bool callbacks_registered = false;
+
+/* How close to the end of its lease a lock is verified before commit. */
+static int
+commit_margin_ms(const HeldLock *lock)
+{
+	return Min(lock->ttl_ms / 2, 2000);
+}
+
+/*
+ * Release keys at the end of a transaction, subtransaction or backend. Never throws; a failure is a
+ * WARNING, and the leases free the locks in Redis.
+ */
+static void
+release_quietly(int n, char **keys, int nheld)
+{
+	int		   *owned;
+	RedisError	err;
+
+	if (n == 0)
+		return;
+	owned = palloc(n * sizeof(int));
+	if (!redis_lock_release_many(n, keys, owned, false, &err))
+	{
+		char		detail[128];
+
+		snprintf(detail, sizeof(detail),
+				 "%d redis lock(s) stay in Redis until their leases run out.", n);
+		redis_warn(&err, detail);
+	}
+	else
+	{
+		for (int i = 0; i < nheld; i++)
+		{
+			if (!owned[i])
+				ereport(WARNING,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("redis lock \"%s\" had already been lost when it was released", keys[i]),
+						 errdetail("Its lease ran out and another holder took it.")));
+		}
+	}
+	pfree(owned);
+}
+
+/* Release every lock and the pending wait, and forget them. */
+static void
+release_everything_quietly(void)
+{
+	HeldLock  **locks;
+	int			n = lock_table_collect(&locks);
+	char	  **keys = palloc((n + 1) * sizeof(char *));
+	const char *pending = lock_table_pending();
+
+	for (int i = 0; i < n; i++)
+		keys[i] = locks[i]->key;
+	if (pending != NULL)
+		keys[n] = (char *) pending;
+	release_quietly(n + (pending != NULL ? 1 : 0), keys, n);
+	pfree(keys);
+	pfree(locks);
+	lock_table_reset_xact();
+}
+
+static void
+verify_before_commit(void)
+{
+	const char *lost = lock_table_lost();
+	HeldLock  **locks;
+	int			n;
+	int			nnear = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	char	  **keys;
+	int64	   *tokens;
+	int		   *kept;
+	int			keep_ms = 0;
+	RedisError	err;
+
+	if (lost != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("redis lock \"%s\" was lost during this transaction", lost),
+				 errdetail("Its lease ran out and another holder took it before the transaction ended.")));
+
+	n = lock_table_collect(&locks);
+	for (int i = 0; i < n; i++)
+	{
+		HeldLock   *lock = locks[i];
+
+		if (now >= TimestampTzPlusMilliseconds(lock->lease_start, lock->ttl_ms - commit_margin_ms(lock)))
+		{
+			locks[nnear++] = lock;
+			keep_ms = Max(keep_ms, lock->ttl_ms);
+		}
+	}
+	if (nnear == 0)
+	{
+		pfree(locks);
+		return;
+	}
+
+	keys = palloc(nnear * sizeof(char *));
+	tokens = palloc(nnear * sizeof(int64));
+	kept = palloc(nnear * sizeof(int));
+	for (int i = 0; i < nnear; i++)
+	{
+		keys[i] = locks[i]->key;
+		tokens[i] = locks[i]->token;
+	}
+	if (!redis_lock_verify_many(nnear, keys, tokens, keep_ms, kept, &err))
+		ereport(ERROR,
+				(errcode(err.sqlstate),
+				 errmsg_internal("%s", err.message),
+				 errdetail("The lease of redis lock \"%s\" was close to running out and could not be confirmed before commit.",
+						   keys[0]),
+				 err.hint[0] ? errhint("%s", err.hint) : 0));
+	for (int i = 0; i < nnear; i++)
+	{
+		if (!kept[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("redis lock \"%s\" was lost during this transaction", keys[i]),
+					 errdetail("Its lease of %d ms ran out and another holder took it before the transaction ended.",
+							   locks[i]->ttl_ms)));
+		locks[i]->lease_start = now;
+		locks[i]->ttl_ms = keep_ms;
+	}
+	pfree(kept);
+	pfree(tokens);
+	pfree(keys);
+	pfree(locks);
+}
+
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+			verify_before_commit();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (lock_table_count() > 0 || lock_table_pending() != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that holds redis locks"),
+						 errdetail("A redis lock lives only as long as its backend's transaction."),
+						 errhint("Release the locks with redis_unlock_all() before PREPARE TRANSACTION.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			release_everything_quietly();
+			break;
+	}
+}
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
+				 void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+		lock_table_reassign_level(level, level - 1);
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		HeldLock  **locks;
+		int			n = lock_table_collect_level(level, &locks);
+		int			nfree = 0;
+		char	  **keys = palloc((n + 1) * sizeof(char *));
+		const char *pending = lock_table_pending();
+
+		for (int i = 0; i < n; i++)
+		{
+			HeldLock   *lock = locks[i];
+
+			while (lock->nholds > 0 && lock->hold_levels[lock->nholds - 1] >= level)
+				lock_table_pop_hold(lock);
+			if (lock->nholds == 0)
+			{
+				locks[nfree] = lock;
+				keys[nfree++] = lock->key;
+			}
+		}
+		if (pending != NULL)
+			keys[nfree] = (char *) pending;
+		release_quietly(nfree + (pending != NULL ? 1 : 0), keys, nfree);
+		for (int i = 0; i < nfree; i++)
+			lock_table_remove(locks[i]);
+		lock_table_clear_pending();
+		pfree(keys);
+		pfree(locks);
+	}
+}
+
+static void
+at_backend_exit(int code, Datum arg)
+{
+	release_everything_quietly();
+	redis_disconnect(redis_primary_server());
+}
+
+void
+redislock_xact_init(void)
+{
+	if (callbacks_registered)
+		return;
+	RegisterXactCallback(xact_callback, NULL);
+	RegisterSubXactCallback(subxact_callback, NULL);
+	before_shmem_exit(at_backend_exit, (Datum) 0);
+	callbacks_registered = true;
+}
+
+/*
+ * redis_unlock_all(): release every lock now, in one round trip. Returns how many keys were released.
+ */
+int
+redislock_release_all(bool interruptible)
+{
+	HeldLock  **locks;
+	int			n = lock_table_collect(&locks);
+	char	  **keys = palloc(Max(n, 1) * sizeof(char *));
+	int		   *owned = palloc(Max(n, 1) * sizeof(int));
+	RedisError	err;
+
+	if (n == 0)
+		return 0;
+	for (int i = 0; i < n; i++)
+		keys[i] = locks[i]->key;
+	if (!redis_lock_release_many(n, keys, owned, interruptible, &err))
+		redis_raise(&err);
+	for (int i = 0; i < n; i++)
+	{
+		if (!owned[i])
+			lock_table_note_lost(keys[i]);
+		lock_table_remove(locks[i]);
+	}
+	pfree(owned);
+	pfree(keys);
+	pfree(locks);
+	return n;
+}
+
+/* redis_unlock() of the last hold: release in Redis, then forget the lock. */
+void
+redislock_release_one(HeldLock *lock)
+{
+	char	   *keys[1] = {lock->key};
+	int			owned;
+	RedisError	err;
+
+	if (!redis_lock_release_many(1, keys, &owned, true, &err))
+		redis_raise(&err);
+	if (!owned)
+	{
+		lock_table_note_lost(lock->key);
+		ereport(WARNING,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("redis lock \"%s\" had already been lost when it was released", lock->key),
+				 errdetail("Its lease ran out and another holder took it; this transaction cannot commit.")));
+	}
+	lock_table_remove(lock);
+}
