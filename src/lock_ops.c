@@ -51,12 +51,12 @@ redislock_holder_id(void)
 
 /* The Redis keys of a lock: "{<prefix><key>}", then ":q" and ":w" after it. */
 void
-lock_keys_build(const char *key, LockKeys *keys)
+lock_keys_build(const LockRef *ref, LockKeys *keys)
 {
-	size_t		len = strlen(redislock_key_prefix) + strlen(key) + 2;
+	size_t		len = strlen(ref->prefix) + strlen(ref->key) + 2;
 
 	keys->lock = palloc(len + 1);
-	snprintf(keys->lock, len + 1, "{%s%s}", redislock_key_prefix, key);
+	snprintf(keys->lock, len + 1, "{%s%s}", ref->prefix, ref->key);
 	keys->lock_len = len;
 	keys->queue = psprintf("%s:q", keys->lock);
 	keys->queue_len = len + 2;
@@ -108,6 +108,7 @@ acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, 
 	char		ttl[16];
 	char		liveness[16];
 	const char *args[4];
+	LockRef		ref = {redislock_key_prefix, key};
 	bool		ok;
 
 	snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
@@ -116,13 +117,18 @@ acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, 
 	args[1] = ttl;
 	args[2] = mode;
 	args[3] = liveness;
-	lock_keys_build(key, &keys);
+	lock_keys_build(&ref, &keys);
 	redis_script_command(&cmd, id, &keys, 4, args);
 	ok = redis_run_scripts(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms,
 						   interruptible, &err);
 	lock_keys_free(&keys);
 	if (!ok)
+	{
+		/* a call that never reached Redis has nothing to undo */
+		if (!err.sent)
+			lock_table_clear_pending();
 		redis_raise(&err);
+	}
 
 	if (reply->type == REDIS_REPLY_ERROR)
 		redis_error_from_reply(server, reply, &err);
@@ -244,11 +250,11 @@ ms_left(TimestampTz deadline)
 static void
 give_up_wait(const char *key, int timeout_ms)
 {
-	char	   *keys[1] = {(char *) key};
+	LockRef		ref = {redislock_key_prefix, key};
 	int			owned;
 	RedisError	err;
 
-	if (redis_lock_release_many(1, keys, &owned, false, &err))
+	if (redis_lock_release_many(1, &ref, &owned, false, &err))
 		lock_table_clear_pending();
 	/* else the pending key stays, and the abort of this transaction retries */
 	ereport(ERROR,
@@ -318,12 +324,12 @@ redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_
 }
 
 /*
- * Release locks (or leave their queues) in one round trip. owned[i] says whether we still owned keys[i]
+ * Release locks (or leave their queues) in one round trip. owned[i] says whether we still owned refs[i]
  * (1) or had lost it (0). Returns false with err set when Redis could not be reached; never throws
  * unless interruptible.
  */
 bool
-redis_lock_release_many(int n, char **keys, int *owned, bool interruptible, RedisError *err)
+redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible, RedisError *err)
 {
 	RedisServer *server = redis_primary_server();
 	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
@@ -335,7 +341,7 @@ redis_lock_release_many(int n, char **keys, int *owned, bool interruptible, Redi
 
 	for (int i = 0; i < n; i++)
 	{
-		lock_keys_build(keys[i], &lk[i]);
+		lock_keys_build(&refs[i], &lk[i]);
 		ids[i] = SCRIPT_RELEASE;
 		redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
 	}
@@ -367,11 +373,11 @@ redis_lock_release_many(int n, char **keys, int *owned, bool interruptible, Redi
 }
 
 /*
- * Check in one round trip that we still own keys[i] with tokens[i], and keep each for keep_ms more.
+ * Check in one round trip that we still own refs[i] with tokens[i], and keep each for keep_ms more.
  * kept[i] is 1 or 0. Returns false with err set when Redis could not answer.
  */
 bool
-redis_lock_verify_many(int n, char **keys, const int64 *tokens, int keep_ms, int *kept,
+redis_lock_verify_many(int n, const LockRef *refs, const int64 *tokens, int keep_ms, int *kept,
 					   RedisError *err)
 {
 	RedisServer *server = redis_primary_server();
@@ -392,7 +398,7 @@ redis_lock_verify_many(int n, char **keys, const int64 *tokens, int keep_ms, int
 		args[0] = redislock_holder_id();
 		args[1] = token_text[i];
 		args[2] = keep;
-		lock_keys_build(keys[i], &lk[i]);
+		lock_keys_build(&refs[i], &lk[i]);
 		ids[i] = SCRIPT_VERIFY;
 		redis_script_command(&cmds[i], SCRIPT_VERIFY, &lk[i], 3, args);
 	}
@@ -433,9 +439,10 @@ redis_lock_info_fetch(const char *key, LockInfo *info)
 	RedisScriptId id = SCRIPT_INFO;
 	redisReply *reply;
 	RedisError	err;
+	LockRef		ref = {redislock_key_prefix, key};
 	bool		ok;
 
-	lock_keys_build(key, &keys);
+	lock_keys_build(&ref, &keys);
 	redis_script_command(&cmd, id, &keys, 0, NULL);
 	ok = redis_run_scripts(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err);
 	lock_keys_free(&keys);

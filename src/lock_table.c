@@ -19,6 +19,7 @@
 
 static HTAB *held_locks = NULL;
 static char pending_key[REDISLOCK_KEY_MAX + 1];
+static char pending_prefix[REDISLOCK_PREFIX_MAX + 1];
 static bool has_pending = false;
 static char lost_key[REDISLOCK_KEY_MAX + 1];
 static bool has_lost = false;
@@ -52,6 +53,7 @@ lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start
 	HeldLock   *lock = hash_search(table(), key, HASH_ENTER, &found);
 
 	Assert(!found);
+	strlcpy(lock->prefix, redislock_key_prefix, sizeof(lock->prefix));
 	lock->token = token;
 	lock->ttl_ms = ttl_ms;
 	lock->acquired_at = GetCurrentTimestamp();
@@ -61,6 +63,14 @@ lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start
 	lock->hold_levels = MemoryContextAlloc(TopMemoryContext, lock->holds_cap * sizeof(int));
 	lock_table_push_hold(lock);
 	return lock;
+}
+
+LockRef
+lock_ref_of(const HeldLock *lock)
+{
+	LockRef		ref = {lock->prefix, lock->key};
+
+	return ref;
 }
 
 void
@@ -142,6 +152,7 @@ void
 lock_table_set_pending(const char *key)
 {
 	strlcpy(pending_key, key, sizeof(pending_key));
+	strlcpy(pending_prefix, redislock_key_prefix, sizeof(pending_prefix));
 	has_pending = true;
 }
 
@@ -151,10 +162,15 @@ lock_table_clear_pending(void)
 	has_pending = false;
 }
 
-const char *
-lock_table_pending(void)
+bool
+lock_table_pending(LockRef *ref)
 {
-	return has_pending ? pending_key : NULL;
+	if (has_pending && ref != NULL)
+	{
+		ref->prefix = pending_prefix;
+		ref->key = pending_key;
+	}
+	return has_pending;
 }
 
 void

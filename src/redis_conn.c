@@ -389,6 +389,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 {
 	TimestampTz deadline;
 
+	err->sent = false;
 	if (server->in_flight)
 		redis_disconnect(server);
 	inbox_clear(server);
@@ -398,6 +399,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	inbox_reserve(server, ncmds);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	server->in_flight = true;
+	err->sent = true;
 	append_commands(server, ncmds, cmds);
 	if (!flush_output(server, deadline, interruptible, err) ||
 		!read_replies(server, ncmds, deadline, timeout_ms, interruptible, err))

@@ -21,8 +21,19 @@
 
 #include "datatype/timestamp.h"
 
-/* Longest lock key accepted, in bytes. */
+/* Longest lock key accepted, and longest redislock.key_prefix, in bytes. */
 #define REDISLOCK_KEY_MAX 1024
+#define REDISLOCK_PREFIX_MAX 256
+
+/*
+ * A lock as Redis names it: the key prefix in force when it was taken, and the key. Changing
+ * redislock.key_prefix later does not move a lock already held or waited for.
+ */
+typedef struct LockRef
+{
+	const char *prefix;
+	const char *key;
+} LockRef;
 
 /*
  * How often a waiting backend re-checks its place (heartbeat), and how long a queued waiter that stops
@@ -62,6 +73,7 @@ typedef struct RedisError
 	int			sqlstate;
 	char		message[512];
 	char		hint[256];
+	bool		sent;			/* the commands may have reached Redis */
 } RedisError;
 
 typedef struct RedisServer RedisServer;
@@ -115,12 +127,12 @@ typedef struct LockInfo
 } LockInfo;
 
 extern const char *redislock_holder_id(void);
-extern void lock_keys_build(const char *key, LockKeys *keys);
+extern void lock_keys_build(const LockRef *ref, LockKeys *keys);
 extern bool redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampTz *lease_start);
 extern int64 redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start);
-extern bool redis_lock_release_many(int n, char **keys, int *owned, bool interruptible,
+extern bool redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible,
 									RedisError *err);
-extern bool redis_lock_verify_many(int n, char **keys, const int64 *tokens, int keep_ms,
+extern bool redis_lock_verify_many(int n, const LockRef *refs, const int64 *tokens, int keep_ms,
 								   int *kept, RedisError *err);
 extern void redis_lock_info_fetch(const char *key, LockInfo *info);
 
@@ -128,6 +140,7 @@ extern void redis_lock_info_fetch(const char *key, LockInfo *info);
 typedef struct HeldLock
 {
 	char		key[REDISLOCK_KEY_MAX + 1]; /* hash key: the lock key as given */
+	char		prefix[REDISLOCK_PREFIX_MAX + 1];	/* redislock.key_prefix when taken */
 	int64		token;			/* fencing token of this acquisition */
 	int			ttl_ms;			/* lease asked for */
 	TimestampTz acquired_at;	/* when this backend got it */
@@ -139,6 +152,7 @@ typedef struct HeldLock
 
 extern HeldLock *lock_table_find(const char *key);
 extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start);
+extern LockRef lock_ref_of(const HeldLock *lock);
 extern void lock_table_push_hold(HeldLock *lock);
 extern void lock_table_pop_hold(HeldLock *lock);
 extern void lock_table_remove(HeldLock *lock);
@@ -148,7 +162,7 @@ extern int	lock_table_collect_level(int level, HeldLock ***locks);
 extern void lock_table_reassign_level(int from_level, int to_level);
 extern void lock_table_set_pending(const char *key);
 extern void lock_table_clear_pending(void);
-extern const char *lock_table_pending(void);
+extern bool lock_table_pending(LockRef *ref);
 extern void lock_table_note_lost(const char *key);
 extern const char *lock_table_lost(void);
 extern void lock_table_reset_xact(void);

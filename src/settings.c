@@ -55,9 +55,9 @@ check_key_prefix(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("redislock.key_prefix must not contain braces.");
 		return false;
 	}
-	if (strlen(*newval) > 256)
+	if (strlen(*newval) > REDISLOCK_PREFIX_MAX)
 	{
-		GUC_check_errdetail("redislock.key_prefix must be at most 256 bytes.");
+		GUC_check_errdetail("redislock.key_prefix must be at most " CppAsString2(REDISLOCK_PREFIX_MAX) " bytes.");
 		return false;
 	}
 	return true;

@@ -30,10 +30,11 @@ commit_margin_ms(const HeldLock *lock)
 
 /*
  * Release keys at the end of a transaction, subtransaction or backend. Never throws; a failure is a
- * WARNING, and the leases free the locks in Redis.
+ * WARNING, and the leases free the locks in Redis. Only after a commit is a lock found already lost
+ * worth a WARNING (the first nheld refs are held locks, the rest a wait being undone).
  */
 static void
-release_quietly(int n, char **keys, int nheld)
+release_quietly(int n, const LockRef *refs, int nheld, bool committed)
 {
 	int		   *owned;
 	RedisError	err;
@@ -41,7 +42,7 @@ release_quietly(int n, char **keys, int nheld)
 	if (n == 0)
 		return;
 	owned = palloc(n * sizeof(int));
-	if (!redis_lock_release_many(n, keys, owned, false, &err))
+	if (!redis_lock_release_many(n, refs, owned, false, &err))
 	{
 		char		detail[128];
 
@@ -51,12 +52,13 @@ release_quietly(int n, char **keys, int nheld)
 	}
 	else
 	{
-		for (int i = 0; i < nheld; i++)
+		for (int i = 0; committed && i < nheld; i++)
 		{
 			if (!owned[i])
 				ereport(WARNING,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("redis lock \"%s\" had already been lost when it was released", keys[i]),
+						 errmsg("redis lock \"%s\" had already been lost when it was released",
+								refs[i].key),
 						 errdetail("Its lease ran out and another holder took it.")));
 		}
 	}
@@ -65,19 +67,17 @@ release_quietly(int n, char **keys, int nheld)
 
 /* Release every lock and the pending wait, and forget them. */
 static void
-release_everything_quietly(void)
+release_everything_quietly(bool committed)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
-	char	  **keys = palloc((n + 1) * sizeof(char *));
-	const char *pending = lock_table_pending();
+	LockRef    *refs = palloc((n + 1) * sizeof(LockRef));
+	bool		pending = lock_table_pending(&refs[n]);
 
 	for (int i = 0; i < n; i++)
-		keys[i] = locks[i]->key;
-	if (pending != NULL)
-		keys[n] = (char *) pending;
-	release_quietly(n + (pending != NULL ? 1 : 0), keys, n);
-	pfree(keys);
+		refs[i] = lock_ref_of(locks[i]);
+	release_quietly(n + (pending ? 1 : 0), refs, n, committed);
+	pfree(refs);
 	pfree(locks);
 	lock_table_reset_xact();
 }
@@ -90,7 +90,7 @@ verify_before_commit(void)
 	int			n;
 	int			nnear = 0;
 	TimestampTz now = GetCurrentTimestamp();
-	char	  **keys;
+	LockRef    *refs;
 	int64	   *tokens;
 	int		   *kept;
 	int			keep_ms = 0;
@@ -119,27 +119,27 @@ verify_before_commit(void)
 		return;
 	}
 
-	keys = palloc(nnear * sizeof(char *));
+	refs = palloc(nnear * sizeof(LockRef));
 	tokens = palloc(nnear * sizeof(int64));
 	kept = palloc(nnear * sizeof(int));
 	for (int i = 0; i < nnear; i++)
 	{
-		keys[i] = locks[i]->key;
+		refs[i] = lock_ref_of(locks[i]);
 		tokens[i] = locks[i]->token;
 	}
-	if (!redis_lock_verify_many(nnear, keys, tokens, keep_ms, kept, &err))
+	if (!redis_lock_verify_many(nnear, refs, tokens, keep_ms, kept, &err))
 		ereport(ERROR,
 				(errcode(err.sqlstate),
 				 errmsg_internal("%s", err.message),
 				 errdetail("The lease of redis lock \"%s\" was close to running out and could not be confirmed before commit.",
-						   keys[0]),
+						   refs[0].key),
 				 err.hint[0] ? errhint("%s", err.hint) : 0));
 	for (int i = 0; i < nnear; i++)
 	{
 		if (!kept[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("redis lock \"%s\" was lost during this transaction", keys[i]),
+					 errmsg("redis lock \"%s\" was lost during this transaction", refs[i].key),
 					 errdetail("Its lease of %d ms ran out and another holder took it before the transaction ended.",
 							   locks[i]->ttl_ms)));
 		locks[i]->lease_start = now;
@@ -147,7 +147,7 @@ verify_before_commit(void)
 	}
 	pfree(kept);
 	pfree(tokens);
-	pfree(keys);
+	pfree(refs);
 	pfree(locks);
 }
 
@@ -161,7 +161,7 @@ xact_callback(XactEvent event, void *arg)
 			verify_before_commit();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
-			if (lock_table_count() > 0 || lock_table_pending() != NULL)
+			if (lock_table_count() > 0 || lock_table_pending(NULL))
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot PREPARE a transaction that holds redis locks"),
@@ -170,10 +170,12 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			release_everything_quietly(true);
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			release_everything_quietly();
+			release_everything_quietly(false);
 			break;
 	}
 }
@@ -191,8 +193,9 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 		HeldLock  **locks;
 		int			n = lock_table_collect_level(level, &locks);
 		int			nfree = 0;
-		char	  **keys = palloc((n + 1) * sizeof(char *));
-		const char *pending = lock_table_pending();
+		LockRef    *refs = palloc((n + 1) * sizeof(LockRef));
+		LockRef		pending_ref;
+		bool		pending = lock_table_pending(&pending_ref);
 
 		for (int i = 0; i < n; i++)
 		{
@@ -203,16 +206,16 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 			if (lock->nholds == 0)
 			{
 				locks[nfree] = lock;
-				keys[nfree++] = lock->key;
+				refs[nfree++] = lock_ref_of(lock);
 			}
 		}
-		if (pending != NULL)
-			keys[nfree] = (char *) pending;
-		release_quietly(nfree + (pending != NULL ? 1 : 0), keys, nfree);
+		if (pending)
+			refs[nfree] = pending_ref;
+		release_quietly(nfree + (pending ? 1 : 0), refs, nfree, false);
 		for (int i = 0; i < nfree; i++)
 			lock_table_remove(locks[i]);
 		lock_table_clear_pending();
-		pfree(keys);
+		pfree(refs);
 		pfree(locks);
 	}
 }
@@ -220,7 +223,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 static void
 at_backend_exit(int code, Datum arg)
 {
-	release_everything_quietly();
+	release_everything_quietly(false);
 	redis_disconnect(redis_primary_server());
 }
 
@@ -243,24 +246,24 @@ redislock_release_all(bool interruptible)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
-	char	  **keys = palloc(Max(n, 1) * sizeof(char *));
+	LockRef    *refs = palloc(Max(n, 1) * sizeof(LockRef));
 	int		   *owned = palloc(Max(n, 1) * sizeof(int));
 	RedisError	err;
 
 	if (n == 0)
 		return 0;
 	for (int i = 0; i < n; i++)
-		keys[i] = locks[i]->key;
-	if (!redis_lock_release_many(n, keys, owned, interruptible, &err))
+		refs[i] = lock_ref_of(locks[i]);
+	if (!redis_lock_release_many(n, refs, owned, interruptible, &err))
 		redis_raise(&err);
 	for (int i = 0; i < n; i++)
 	{
 		if (!owned[i])
-			lock_table_note_lost(keys[i]);
+			lock_table_note_lost(locks[i]->key);
 		lock_table_remove(locks[i]);
 	}
 	pfree(owned);
-	pfree(keys);
+	pfree(refs);
 	pfree(locks);
 	return n;
 }
@@ -269,11 +272,11 @@ redislock_release_all(bool interruptible)
 void
 redislock_release_one(HeldLock *lock)
 {
-	char	   *keys[1] = {lock->key};
+	LockRef		ref = lock_ref_of(lock);
 	int			owned;
 	RedisError	err;
 
-	if (!redis_lock_release_many(1, keys, &owned, true, &err))
+	if (!redis_lock_release_many(1, &ref, &owned, true, &err))
 		redis_raise(&err);
 	if (!owned)
 	{
