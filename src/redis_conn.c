@@ -36,6 +36,7 @@ struct RedisServer
 	redisReply **inbox;			/* replies read in the current round trip */
 	int			inbox_len;
 	int			inbox_cap;
+	TimestampTz timed_out_at;	/* when a round trip last ran out of time, or 0 */
 };
 
 static RedisServer primary_server;
@@ -87,6 +88,7 @@ redis_disconnect(RedisServer *server)
 		ReleaseExternalFD();
 	}
 	server->in_flight = false;
+	server->timed_out_at = 0;
 }
 
 void
@@ -376,6 +378,32 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 }
 
 /*
+ * A commit or abort callback that follows a round trip which just ran out of time does not wait for
+ * that Redis a second time: it queues its commands (the undo of what timed out, typically) behind the
+ * stalled ones on the same connection, without waiting for replies. Redis runs a connection's
+ * commands in order, so when it wakes up the undo runs after what it undoes. The connection stays in
+ * flight and is replaced by the next call that waits.
+ */
+static bool
+send_behind_stalled(RedisServer *server, int ncmds, const RedisCommand *cmds, RedisError *err)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   redislock_command_timeout_ms);
+
+	append_commands(server, ncmds, cmds);
+	err->sent = true;
+	if (!flush_output(server, deadline, false, err))
+	{
+		redis_disconnect(server);
+		return false;
+	}
+	set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
+			  "Redis at %s did not answer a moment ago; commands were sent without waiting for replies",
+			  server->name);
+	return false;
+}
+
+/*
  * Send ncmds commands in one write and read their ncmds replies: one round trip, finished within
  * timeout_ms (connecting first, if needed, within redislock.connect_timeout).
  *
@@ -390,6 +418,10 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	TimestampTz deadline;
 
 	err->sent = false;
+	if (server->in_flight && !interruptible && server->timed_out_at != 0 &&
+		!TimestampDifferenceExceeds(server->timed_out_at, GetCurrentTimestamp(),
+									redislock_command_timeout_ms))
+		return send_behind_stalled(server, ncmds, cmds, err);
 	if (server->in_flight)
 		redis_disconnect(server);
 	inbox_clear(server);
@@ -404,10 +436,17 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	if (!flush_output(server, deadline, interruptible, err) ||
 		!read_replies(server, ncmds, deadline, timeout_ms, interruptible, err))
 	{
+		if (server->ctx != NULL && server->ctx->err == 0 && GetCurrentTimestamp() >= deadline)
+		{
+			/* keep the stalled connection: see send_behind_stalled */
+			server->timed_out_at = GetCurrentTimestamp();
+			return false;
+		}
 		redis_disconnect(server);
 		return false;
 	}
 	server->in_flight = false;
+	server->timed_out_at = 0;
 	for (int i = 0; i < ncmds; i++)
 	{
 		replies[i] = server->inbox[i];

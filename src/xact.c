@@ -44,11 +44,9 @@ release_quietly(int n, const LockRef *refs, int nheld, bool committed)
 	owned = palloc(n * sizeof(int));
 	if (!redis_lock_release_many(n, refs, owned, false, &err))
 	{
-		char		detail[128];
-
-		snprintf(detail, sizeof(detail),
-				 "%d redis lock(s) stay in Redis until their leases run out.", n);
-		redis_warn(&err, detail);
+		redis_warn(&err, nheld > 0 ?
+				   "The redis locks of this transaction stay in Redis until their leases run out." :
+				   "The place this wait had in the lock's queue is skipped once its heartbeat lapses.");
 	}
 	else
 	{

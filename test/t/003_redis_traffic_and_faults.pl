@@ -1,0 +1,87 @@
+# What crosses the wire and what happens when Redis goes away: an uncontended lock cycle is two Redis
+# commands; a dead Redis gives class-08 errors while COMMIT of a holder stands with a WARNING; the next
+# call after Redis returns reconnects by itself; a stalled Redis is bounded by command_timeout; a
+# cancelled wait ends promptly and leaves the queue.
+use strict;
+use warnings;
+use lib 'perl';
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use RedisLockTest;
+
+my $redis = start_redis();
+my $node = new_node('traffic', $redis, "redislock.command_timeout = '1s'\nredislock.connect_timeout = '1s'\n");
+
+# --- round trips ---------------------------------------------------------------------------------
+my $s = $node->background_psql('postgres');
+$s->query_safe("SELECT redis_try_lock('warm-up')");    # connect and load the scripts
+$redis->cli('CONFIG', 'RESETSTAT');
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:one'); COMMIT;");
+my $calls = $redis->client_command_calls;
+is_deeply($calls, { evalsha => 2 }, 'an uncontended BEGIN; lock; COMMIT sends 2 commands: acquire and release');
+
+$redis->cli('CONFIG', 'RESETSTAT');
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:' || i) FROM generate_series(1, 5) i; SELECT redis_wait_lock('rt:1'); COMMIT;");
+$calls = $redis->client_command_calls;
+is_deeply($calls, { evalsha => 10 }, 'five locks (one re-entered) cost 5 acquires and 5 releases, pipelined at commit');
+
+$redis->cli('SCRIPT', 'FLUSH');
+$redis->cli('CONFIG', 'RESETSTAT');
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:flushed'); COMMIT;");
+$calls = $redis->client_command_calls;
+is_deeply($calls, { evalsha => 2, eval => 2 }, 'after SCRIPT FLUSH, NOSCRIPT falls back to EVAL transparently');
+
+# --- Redis dies under a holder and a waiter -------------------------------------------------------
+my $w = $node->background_psql('postgres', on_error_stop => 0);
+$s->query_safe("BEGIN; SELECT redis_wait_lock('down:k');");
+$w->query_until(qr/waiting/, "\\echo waiting\nSELECT redis_wait_lock('down:k');\n");
+ok(wait_until(sub { ($redis->cli('ZCARD', '{redislock:down:k}:q') // 0) == 1 }), 'a waiter is queued');
+$redis->stop;
+my $t0 = time;
+$w->query('SELECT 1');
+my $waiter_err = $w->{stderr};
+my $waited = time - $t0;
+like($waiter_err, qr/(lost connection to|did not answer|could not connect to) Redis at 127\.0\.0\.1:$redis->{port}/,
+	'the waiter gets a connection error naming host and port');
+ok($waited < 5, sprintf('within command_timeout and a little (%.1f s)', $waited));
+$w->quit;
+
+$s->query('COMMIT');
+like($s->{stderr}, qr/WARNING:.*Redis at 127\.0\.0\.1:$redis->{port}/s, 'COMMIT stands with a WARNING when the release cannot reach Redis');
+my ($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY sqlstate\nSELECT redis_try_lock('down:k')");
+like($err, qr/ERROR:  08\d\d\d/, 'a lock call while Redis is down fails with SQLSTATE class 08');
+
+$redis->start;
+$s->{stderr} = '';
+is($s->query_safe("SELECT redis_try_lock('down:k')"), 't', 'when Redis is back, the same session locks again by itself');
+
+# --- a stalled Redis -------------------------------------------------------------------------------
+$redis->signal('STOP');
+$t0 = time;
+($rc, $out, $err) = $node->psql('postgres', "SELECT redis_try_lock('stall:k')");
+my $stalled = time - $t0;
+like($err, qr/did not answer within 1000 ms|could not connect/, 'a stalled Redis gives an error');
+ok($stalled < 4, sprintf('bounded by the timeouts (%.1f s)', $stalled));
+$redis->signal('CONT');
+is($node->safe_psql('postgres', "SELECT redis_try_lock('stall:k')"), 't', 'all recovers on SIGCONT');
+
+# --- cancel during a wait ---------------------------------------------------------------------------
+$s->query_safe("BEGIN; SELECT redis_wait_lock('cancel:k');");
+my $c = $node->background_psql('postgres', on_error_stop => 0);
+$c->query_until(qr/waiting/, "\\echo waiting\nSELECT redis_wait_lock('cancel:k');\n");
+ok(wait_until(sub { ($redis->cli('ZCARD', '{redislock:cancel:k}:q') // 0) == 1 }), 'a waiter is queued');
+my $cpid = $node->safe_psql('postgres', "SELECT pid FROM pg_stat_activity WHERE query LIKE '%cancel:k%' AND pid <> pg_backend_pid() AND state = 'active'");
+$t0 = time;
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($cpid)");
+ok(wait_until(sub { $node->safe_psql('postgres', "SELECT state FROM pg_stat_activity WHERE pid = $cpid") eq 'idle' }, 5),
+	'pg_cancel_backend ends the wait');
+my $cancelled = time - $t0;
+note(sprintf('wait ended %.0f ms after the cancel', $cancelled * 1000));
+is($redis->cli('ZCARD', '{redislock:cancel:k}:q'), '0', 'and its queue entry is gone');
+$s->query_safe('COMMIT');
+is(scalar $c->query("SELECT redis_try_lock('cancel:k')"), 't', 'the cancelled session can lock again');
+
+$c->quit;
+$s->quit;
+done_testing();
