@@ -15,9 +15,16 @@ SHLIB_LINK += -lhiredis
 PG_CPPFLAGS += -I$(srcdir)/src
 EXTRA_CLEAN = src/scripts_generated.h
 
-PG_CONFIG ?= pg_config
-PGXS := $(shell $(PG_CONFIG) --pgxs)
+# PostgreSQL 15's PGXS (Debian's postgresql-server-dev-15). Without it only demo, test and bench
+# work: they install it first.
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+else
+all install:
+	@echo "PGXS not found: apt-get install postgresql-server-dev-15 libhiredis-dev, or run make test" >&2; exit 1
+endif
 
 src/scripts.o: src/scripts_generated.h
 src/scripts_generated.h: src/lua/embed.sh src/lua/common.lua $(addprefix src/lua/,$(addsuffix .lua,$(LUA_SCRIPTS)))
