@@ -3,9 +3,10 @@
  *		Redis connections and their interruptible, time-bounded I/O.
  *
  * A RedisServer is one Redis endpoint with this backend's connection to it, made lazily with a
- * non-blocking hiredis context. Every wait for the socket goes through WaitLatchOrSocket, so that
- * cancel requests, statement_timeout and postmaster death reach a backend that waits on Redis, and every
- * round trip has a deadline. Callers describe commands as binary-safe argument vectors and get hiredis
+ * non-blocking hiredis context. Every wait for the socket is a wait on the latch too (a WaitEventSet
+ * kept with the connection, so a round trip costs no epoll set-up), so that cancel requests,
+ * statement_timeout and postmaster death reach a backend that waits on Redis, and every round trip has
+ * a deadline. Callers describe commands as binary-safe argument vectors and get hiredis
  * replies back.
  *
  * A connection whose round trip did not finish (timeout, I/O error, or an interrupt that threw out of
@@ -24,6 +25,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/fd.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -37,6 +39,9 @@ struct RedisServer
 	int			inbox_len;
 	int			inbox_cap;
 	TimestampTz timed_out_at;	/* when a round trip last ran out of time, or 0 */
+	WaitEventSet *waits;		/* latch, postmaster death and the socket */
+	int			socket_event_pos;
+	int			socket_events;	/* WL_SOCKET_READABLE or WL_SOCKET_WRITEABLE */
 };
 
 static RedisServer primary_server;
@@ -81,6 +86,11 @@ void
 redis_disconnect(RedisServer *server)
 {
 	inbox_clear(server);
+	if (server->waits != NULL)
+	{
+		FreeWaitEventSet(server->waits);
+		server->waits = NULL;
+	}
 	if (server->ctx != NULL)
 	{
 		redisFree(server->ctx);
@@ -128,38 +138,54 @@ ms_until(TimestampTz deadline)
 	return (long) ((deadline - now + 999) / 1000);
 }
 
+/* The wait set of a new connection: latch, postmaster death, and its socket. */
+static void
+create_wait_set(RedisServer *server)
+{
+	server->waits = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(server->waits, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(server->waits, WL_POSTMASTER_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	server->socket_events = WL_SOCKET_WRITEABLE;
+	server->socket_event_pos = AddWaitEventToSet(server->waits, server->socket_events,
+												 server->ctx->fd, NULL, NULL);
+}
+
 /*
  * Wait until the socket is ready for events, or the deadline passes (false). Interrupts are served while
  * waiting when interruptible; an interrupt that throws leaves server->in_flight set, so the connection
- * is closed before its next use.
+ * is closed before its next use. Outside interruptible calls we may be in a commit or abort callback or
+ * already exiting, where exiting again on postmaster death is no option: there it just ends the wait.
  */
 static bool
 wait_for_socket(RedisServer *server, int events, TimestampTz deadline, bool interruptible)
 {
+	if (server->socket_events != events)
+	{
+		ModifyWaitEvent(server->waits, server->socket_event_pos, events, NULL);
+		server->socket_events = events;
+	}
 	for (;;)
 	{
 		long		timeout = ms_until(deadline);
-		int			rc;
+		WaitEvent	event;
 
 		if (timeout <= 0)
 			return false;
-		/*
-		 * Outside interruptible calls we may be in a commit or abort callback or already exiting, where
-		 * exiting again on postmaster death is no option: there it just ends the wait.
-		 */
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_TIMEOUT | events |
-							   (interruptible ? WL_EXIT_ON_PM_DEATH : WL_POSTMASTER_DEATH),
-							   server->ctx->fd, timeout, PG_WAIT_EXTENSION);
-		if (rc & WL_POSTMASTER_DEATH)
+		if (WaitEventSetWait(server->waits, timeout, &event, 1, PG_WAIT_EXTENSION) == 0)
+			continue;			/* timed out: the loop checks the deadline */
+		if (event.events & WL_POSTMASTER_DEATH)
+		{
+			if (interruptible)
+				proc_exit(1);
 			return false;
-		if (rc & WL_LATCH_SET)
+		}
+		if (event.events & WL_LATCH_SET)
 		{
 			ResetLatch(MyLatch);
 			if (interruptible)
 				CHECK_FOR_INTERRUPTS();
 		}
-		if (rc & events)
+		if (event.events & events)
 			return true;
 	}
 }
@@ -346,6 +372,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	}
 
 	/* hiredis started a non-blocking connect; it is done when the socket is writable */
+	create_wait_set(server);
 	server->in_flight = true;
 	if (!wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
 	{

@@ -69,7 +69,7 @@ rl_start_pg() {
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$dir'
-max_connections = 200
+max_connections = 300
 fsync = off
 redislock.host = '127.0.0.1'
 redislock.port = $REDIS_PORT
@@ -85,7 +85,12 @@ rl_cleanup() {
   for d in "$RL_TMP"/pg-*/data; do
     [ -d "$d" ] && rl_as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1
   done
-  [ -f "$RL_TMP/redis/redis.pid" ] && kill "$(cat "$RL_TMP/redis/redis.pid")" 2>/dev/null
+  local pid i
+  if [ -f "$RL_TMP/redis/redis.pid" ]; then
+    pid=$(cat "$RL_TMP/redis/redis.pid")
+    kill "$pid" 2>/dev/null
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
   [ -n "${RL_KEEP_TMP:-}" ] || rm -rf "$RL_TMP"
 }
 

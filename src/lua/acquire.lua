@@ -22,7 +22,7 @@ if not owner then
   -- Free, or its lease ran out: the first live waiter is entitled to it, else the caller takes it.
   local new_owner, token, granted_ttl = hand_over(last, now_ms, now_us)
   if not new_owner then
-    forget_waiter(holder)
+    -- nobody live waits (so neither do we): take it
     return {1, grant(holder, ttl, last, now_ms, now_us), ttl}
   end
   if new_owner == holder then
@@ -43,6 +43,8 @@ if not redis.call('ZSCORE', queue_key, holder) then
     score = tonumber(tail[2]) + 1
   end
   redis.call('ZADD', queue_key, score, holder)
+  -- a grant that raced with an earlier wait's giving up must not wake this one
+  redis.call('DEL', grant_key(holder))
 end
 redis.call('HSET', waiters_key, holder, (now_ms + liveness) .. ':' .. ttl)
 redis.call('PEXPIRE', queue_key, liveness * 2)

@@ -3,13 +3,16 @@
 -- Returns 1 when the holder owned the lock (its lease may have run out, but nobody took the lock
 -- meanwhile), 0 when it did not.
 local holder = ARGV[1]
-local now_ms, now_us = redis_now()
-forget_waiter(holder)
-redis.call('DEL', grant_key(holder))
 local v = redis.call('HMGET', lock_key, 'owner', 'token')
 if v[1] ~= holder then
+  -- not the owner: leave the queue, if we are in it, and drop a grant that may be on its way
+  forget_waiter(holder)
+  redis.call('DEL', grant_key(holder))
   return 0
 end
+-- an owner is never in the queue; a grant list left by a grant that raced with giving up is cleared
+-- when the holder next joins a queue
+local now_ms, now_us = redis_now()
 if not hand_over(tonumber(v[2]), now_ms, now_us) then
   redis.call('DEL', lock_key)
 end

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# make bench: redislock against PostgreSQL's own pg_advisory_xact_lock, in one run on a throwaway
+# PostgreSQL and Redis (same set-up as make test). Prints one table (also saved to bench/results.md):
+#   - pgbench TPS and latency p50/p99 of BEGIN; <lock>; COMMIT with <lock> = (a) nothing,
+#     (b) pg_advisory_xact_lock, (c) redis_wait_lock, uncontended (a key per client) and contended
+#     (one key), at 1, 8 and 64 clients, and the ratio (c)/(b) of the same run;
+#   - Redis commands sent per uncontended cycle and per contended handoff (INFO commandstats, client
+#     commands only);
+#   - wake-ups per release with 50 waiters, and CPU used by waiting backends;
+#   - fairness: 200 waiters on one key, their arrival order against their acquisition order.
+# BENCH_SECONDS (default 5) sets the length of each pgbench run.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../test/lib.sh"
+rl_setup
+cd "$RL_ROOT"
+secs=${BENCH_SECONDS:-5}
+pgbench=$PG_BIN/pgbench
+work=$RL_TMP/bench
+mkdir -p "$work"
+[ "$(id -u)" -eq 0 ] && chown postgres "$work"
+psql -X -q -c "CREATE EXTENSION IF NOT EXISTS redislock" -c "CREATE TABLE acquired (seq serial, who int)"
+q() { psql -X -q -At -c "$1"; }
+client_commands() {   # EVALSHA + EVAL + BLPOP calls since the last CONFIG RESETSTAT
+  redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+    awk -F'[:=,]' '/^cmdstat_(evalsha|eval|blpop):/ {n += $3} END {print n + 0}'
+}
+
+# --- throughput and latency ---------------------------------------------------------------------
+declare -A tps p50 p99 cmds
+run_pgbench() {   # name clients sql
+  local name=$1 clients=$2 sql=$3 log
+  printf '%s\n' "$sql" > "$work/$name.sql"
+  rm -f "$work"/log.*
+  redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
+  # one pgbench thread per client: a thread serving several clients stamps their latencies with one
+  # cached clock reading, which makes short transactions read as 0 ms
+  (cd "$work" && "$pgbench" -n -M prepared -c "$clients" -j "$clients" -T "$secs" \
+     -l --log-prefix=log -f "$name.sql" > "$name.out" 2>&1)
+  local done_tx
+  done_tx=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}' "$work/$name.out")
+  tps[$name]=$(awk '/^tps = / {printf "%.0f", $3}' "$work/$name.out")
+  cmds[$name]=$(awk -v c="$(client_commands)" -v n="$done_tx" 'BEGIN {printf "%.2f", n ? c / n : 0}')
+  read -r p50[$name] p99[$name] < <(cat "$work"/log.* | awk '{print $3}' | sort -n |
+    awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000}')
+}
+for c in 1 8 64; do
+  run_pgbench "none-$c" "$c" 'BEGIN; COMMIT;'
+  for mode in uncontended contended; do
+    if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
+    run_pgbench "advisory-$mode-$c" "$c" "BEGIN; SELECT pg_advisory_xact_lock($key); COMMIT;"
+    run_pgbench "redis-$mode-$c" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;"
+  done
+done
+
+# --- wake-ups per release with 50 waiters, CPU of waiting backends ------------------------------
+waiters=50
+psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:herd'); SELECT pg_sleep(12); COMMIT;" &
+holder=$!
+sleep 0.5
+for i in $(seq 1 $waiters); do
+  psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:herd'); SELECT pg_sleep(3); COMMIT;" >/dev/null &
+done
+for _ in $(seq 1 100); do
+  [ "$(q "SELECT waiters FROM redis_lock_info('bench:herd')")" -ge $waiters ] && break
+  sleep 0.1
+done
+waiting_pids=$(q "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE wait_event_type = 'Extension' AND query LIKE '%bench:herd%'")
+# CPU time in ns of the waiting backends (first field of /proc/PID/schedstat)
+cpu_ns() { local p t=0; for p in $waiting_pids; do [ -r /proc/$p/schedstat ] && t=$((t + $(cut -d' ' -f1 /proc/$p/schedstat))); done; echo $t; }
+t0=$(cpu_ns); s0=$(date +%s.%N)
+sleep 5
+t1=$(cpu_ns); s1=$(date +%s.%N)
+cpu_ms_per_10s=$(awk -v d=$((t1 - t0)) -v n=$waiters -v a="$s0" -v b="$s1" \
+  'BEGIN {printf "%.2f", d / 1e6 / n * 10 / (b - a)}')
+before=$(q "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension' AND query LIKE '%bench:herd%'")
+# cancel the holder's sleep: its transaction aborts and releases the lock
+q "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(12)%' AND pid <> pg_backend_pid()" >/dev/null
+sleep 0.5
+after=$(q "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension' AND query LIKE '%bench:herd%'")
+woken=$((before - after))
+wait
+
+# --- fairness: 200 waiters, arrival order against acquisition order -------------------------------
+fair=200
+q "TRUNCATE acquired" >/dev/null
+psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:fair'); SELECT pg_sleep(2); COMMIT;" >/dev/null &
+sleep 0.3
+start=$(date +%s.%N)
+for i in $(seq 1 $fair); do
+  psql -X -q -c "SELECT redis_wait_lock('bench:fair', timeout => '60 s'); INSERT INTO acquired(who) VALUES (pg_backend_pid());" >/dev/null 2>"$work/fair.$i.err" &
+done
+for _ in $(seq 1 300); do
+  [ "$(q "SELECT waiters FROM redis_lock_info('bench:fair')")" -ge $fair ] && break
+  sleep 0.05
+done
+# arrival order, read from the queue itself: holder ids carry the backend pid
+redis-cli -p "$REDIS_PORT" ZRANGE '{redislock:bench:fair}:q' 0 -1 | awk -F: 'NF > 1 {print $(NF - 1)}' > "$work/arrival"
+wait
+q "SELECT who FROM acquired ORDER BY seq" > "$work/acquisition"
+acquired=$(wc -l < "$work/acquisition")
+timeouts=$(cat "$work"/fair.*.err | grep -c 'could not obtain' || true)
+inversions=$(awk 'NR == FNR {rank[$1] = FNR; next} {r = rank[$1]; if (r < last) n++; last = r} END {print n + 0}' \
+  "$work/arrival" "$work/acquisition")
+
+# --- report ---------------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf (b > 0 ? "%.2f" : "-"), a / b}'; }
+{
+  echo "# redislock benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr);" \
+       "PostgreSQL $(q 'SHOW server_version' | cut -d' ' -f1), Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/');" \
+       "pgbench -M prepared, ${secs} s per run, loopback."
+  echo
+  echo "| clients | lock | (a) none TPS | (b) advisory TPS | (c) redislock TPS | (c)/(b) | (b) p50 / p99 ms | (c) p50 / p99 ms | Redis cmds per tx |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for c in 1 8 64; do
+    for mode in uncontended contended; do
+      a=none-$c b=advisory-$mode-$c r=redis-$mode-$c
+      echo "| $c | $mode | ${tps[$a]} | ${tps[$b]} | ${tps[$r]} | $(ratio "${tps[$r]}" "${tps[$b]}") | ${p50[$b]} / ${p99[$b]} | ${p50[$r]} / ${p99[$r]} | ${cmds[$r]} |"
+    done
+  done
+  echo
+  echo "- Redis commands per uncontended lock cycle (8 clients): ${cmds[redis-uncontended-8]} (target 2)"
+  echo "- Redis commands per contended transaction, i.e. per handoff (8 clients): ${cmds[redis-contended-8]} (target ≤ 3)"
+  echo "- Waiting backends woken by one release with $waiters waiters: $woken (target 1)"
+  echo "- CPU of a waiting backend: ${cpu_ms_per_10s} ms per 10 s of waiting (target < 10)"
+  echo "- $fair waiters on one key: $acquired acquired, $timeouts timed out, $inversions acquired out of arrival order (target: all, 0, 0)"
+  echo "- Latency spread under contention (8 clients, redislock): p99 / p50 = $(ratio "${p99[redis-contended-8]}" "${p50[redis-contended-8]}") (advisory: $(ratio "${p99[advisory-contended-8]}" "${p50[advisory-contended-8]}"))"
+} | tee "$RL_ROOT/bench/results.md"
