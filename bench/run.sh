@@ -54,11 +54,11 @@ done
 
 # --- wake-ups per release with 50 waiters, CPU of waiting backends ------------------------------
 waiters=50
-psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:herd'); SELECT pg_sleep(12); COMMIT;" &
+psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:herd'); SELECT pg_sleep(12); COMMIT;" >/dev/null 2>&1 &
 holder=$!
 sleep 0.5
 for i in $(seq 1 $waiters); do
-  psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:herd'); SELECT pg_sleep(3); COMMIT;" >/dev/null &
+  psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:herd'); SELECT pg_sleep(60); COMMIT;" >/dev/null 2>&1 &
 done
 for _ in $(seq 1 100); do
   [ "$(q "SELECT waiters FROM redis_lock_info('bench:herd')")" -ge $waiters ] && break
@@ -78,12 +78,14 @@ q "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sle
 sleep 0.5
 after=$(q "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension' AND query LIKE '%bench:herd%'")
 woken=$((before - after))
+# end the rest: the woken one's sleep and every wait still queued
+q "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%bench:herd%' AND pid <> pg_backend_pid()" >/dev/null
 wait
 
 # --- fairness: 200 waiters, arrival order against acquisition order -------------------------------
 fair=200
 q "TRUNCATE acquired" >/dev/null
-psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:fair'); SELECT pg_sleep(2); COMMIT;" >/dev/null &
+psql -X -q -c "BEGIN; SELECT redis_wait_lock('bench:fair'); SELECT pg_sleep(2); COMMIT;" >/dev/null 2>&1 &
 sleep 0.3
 start=$(date +%s.%N)
 for i in $(seq 1 $fair); do

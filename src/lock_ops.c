@@ -175,11 +175,17 @@ redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampTz *lease_sta
 	return res.acquired;
 }
 
+typedef enum GrantWait
+{
+	GRANT_RECEIVED,
+	GRANT_NOT_YET,				/* block_ms passed without a grant */
+	GRANT_CONNECTION_LOST		/* the connection broke: re-check on a new one */
+} GrantWait;
+
 /*
- * Block in BLPOP on our grant list for up to block_ms. Returns true with *token set when the lock was
- * handed to us; false when the time passed without a grant.
+ * Block in BLPOP on our grant list for up to block_ms; *token is set when the lock was handed to us.
  */
-static bool
+static GrantWait
 wait_for_grant(const char *key, int block_ms, int64 *token)
 {
 	RedisServer *server = redis_primary_server();
@@ -202,6 +208,14 @@ wait_for_grant(const char *key, int block_ms, int64 *token)
 	if (!redis_roundtrip(server, 1, &cmd, &reply, block_ms + redislock_command_timeout_ms, true, &err))
 	{
 		pfree(grant_key);
+
+		/*
+		 * The connection that carries our wake-up broke (CLIENT KILL, a proxy, a network blip). Our
+		 * place in the queue outlives it until the heartbeat lapses, and a grant meanwhile is
+		 * recorded in Redis: the caller re-checks on a new connection, and fails only if that fails.
+		 */
+		if (err.connection_lost)
+			return GRANT_CONNECTION_LOST;
 		redis_raise(&err);
 	}
 	pfree(grant_key);
@@ -209,7 +223,7 @@ wait_for_grant(const char *key, int block_ms, int64 *token)
 	if (reply->type == REDIS_REPLY_NIL)
 	{
 		freeReplyObject(reply);
-		return false;
+		return GRANT_NOT_YET;
 	}
 	if (reply->type == REDIS_REPLY_ERROR)
 		redis_error_from_reply(server, reply, &err);
@@ -233,7 +247,7 @@ wait_for_grant(const char *key, int block_ms, int64 *token)
 	freeReplyObject(reply);
 	if (!granted)
 		redis_raise(&err);
-	return true;
+	return GRANT_RECEIVED;
 }
 
 static long
@@ -310,12 +324,19 @@ redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_
 		block_ms = Max(block_ms, 10);
 
 		sent = GetCurrentTimestamp();
-		if (wait_for_grant(key, block_ms, &res.token))
+		switch (wait_for_grant(key, block_ms, &res.token))
 		{
-			*lease_start = not_granted_at;
-			break;
+			case GRANT_RECEIVED:
+				*lease_start = not_granted_at;
+				lock_table_clear_pending();
+				return res.token;
+			case GRANT_NOT_YET:
+				not_granted_at = sent;
+				break;
+			case GRANT_CONNECTION_LOST:
+				/* not_granted_at stays: a grant may have come at any time since */
+				break;
 		}
-		not_granted_at = sent;
 		if (deadline != 0 && ms_left(deadline) <= 0)
 			give_up_wait(key, timeout_ms);
 	}

@@ -202,6 +202,7 @@ flush_output(RedisServer *server, TimestampTz deadline, bool interruptible, Redi
 		{
 			set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
 					  "lost connection to Redis at %s: %s", server->name, server->ctx->errstr);
+			err->connection_lost = true;
 			return false;
 		}
 		if (!done && !wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
@@ -248,6 +249,7 @@ read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, b
 					  "lost connection to Redis at %s: %s", server->name,
 					  server->ctx->err == REDIS_ERR_EOF ? "server closed the connection" :
 					  server->ctx->errstr);
+			err->connection_lost = true;
 			return false;
 		}
 	}
@@ -445,6 +447,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	TimestampTz deadline;
 
 	err->sent = false;
+	err->connection_lost = false;
 	if (server->in_flight && !interruptible && server->timed_out_at != 0 &&
 		!TimestampDifferenceExceeds(server->timed_out_at, GetCurrentTimestamp(),
 									redislock_command_timeout_ms))

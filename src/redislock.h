@@ -74,6 +74,7 @@ typedef struct RedisError
 	char		message[512];
 	char		hint[256];
 	bool		sent;			/* the commands may have reached Redis */
+	bool		connection_lost;	/* the connection broke (closed, reset); Redis may be fine */
 } RedisError;
 
 typedef struct RedisServer RedisServer;

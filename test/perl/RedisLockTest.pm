@@ -97,7 +97,8 @@ sub pid
 sub cli
 {
 	my ($self, @args) = @_;
-	my $out = `redis-cli -p $self->{port} @{[ map { "'$_'" } @args ]} 2>/dev/null`;
+	my $auth = $self->{auth} ? "--no-auth-warning -a '$self->{auth}'" : '';
+	my $out = `redis-cli -p $self->{port} $auth @{[ map { "'$_'" } @args ]} 2>/dev/null`;
 	chomp $out if defined $out;
 	return $out;
 }
