@@ -58,6 +58,7 @@ lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start
 	lock->ttl_ms = ttl_ms;
 	lock->acquired_at = GetCurrentTimestamp();
 	lock->lease_start = lease_start;
+	lock->connection_epoch = redis_connection_epoch(redis_primary_server());
 	lock->nholds = 0;
 	lock->holds_cap = 4;
 	lock->hold_levels = MemoryContextAlloc(TopMemoryContext, lock->holds_cap * sizeof(int));

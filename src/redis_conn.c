@@ -20,6 +20,7 @@
 #include "redislock.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "miscadmin.h"
@@ -39,6 +40,7 @@ struct RedisServer
 	int			inbox_len;
 	int			inbox_cap;
 	TimestampTz timed_out_at;	/* when a round trip last ran out of time, or 0 */
+	uint64		connections;	/* connections made so far: changes when we reconnect */
 	WaitEventSet *waits;		/* latch, postmaster death and the socket */
 	int			socket_event_pos;
 	int			socket_events;	/* WL_SOCKET_READABLE or WL_SOCKET_WRITEABLE */
@@ -403,7 +405,36 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 		return false;
 	}
 	server->in_flight = false;
+	server->connections++;
 	return true;
+}
+
+/*
+ * Which connection we are on: a value that changes whenever we connect anew, so a lock can tell that
+ * the connection it was taken on is gone (Redis restarted, or the connection broke).
+ */
+uint64
+redis_connection_epoch(RedisServer *server)
+{
+	return server->connections;
+}
+
+/*
+ * Whether the connection of this epoch is still up, as far as the kernel knows, without a round trip:
+ * an idle connection has nothing to read, so a readable socket means the server closed it (a restart,
+ * CLIENT KILL) or sent something unasked.
+ */
+bool
+redis_connection_intact(RedisServer *server, uint64 epoch)
+{
+	struct pollfd pfd;
+
+	if (server->ctx == NULL || server->in_flight || server->connections != epoch)
+		return false;
+	pfd.fd = server->ctx->fd;
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	return poll(&pfd, 1, 0) == 0;
 }
 
 /*
@@ -452,7 +483,12 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 		!TimestampDifferenceExceeds(server->timed_out_at, GetCurrentTimestamp(),
 									redislock_command_timeout_ms))
 		return send_behind_stalled(server, ncmds, cmds, err);
-	if (server->in_flight)
+	/*
+	 * An idle connection whose socket is readable was closed by the server (a restart, CLIENT KILL,
+	 * timeout): replace it now rather than fail on it. One poll(), no round trip.
+	 */
+	if (server->in_flight || (server->ctx != NULL &&
+							  !redis_connection_intact(server, server->connections)))
 		redis_disconnect(server);
 	inbox_clear(server);
 	if (server->ctx == NULL && !server_connect(server, interruptible, err))

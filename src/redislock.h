@@ -85,6 +85,8 @@ extern bool redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *
 							RedisError *err);
 extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);
+extern uint64 redis_connection_epoch(RedisServer *server);
+extern bool redis_connection_intact(RedisServer *server, uint64 epoch);
 extern const char *redis_server_name(RedisServer *server);
 extern void redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError *err);
 extern void redis_error_malformed(RedisServer *server, const char *what, RedisError *err);
@@ -146,6 +148,7 @@ typedef struct HeldLock
 	int			ttl_ms;			/* lease asked for */
 	TimestampTz acquired_at;	/* when this backend got it */
 	TimestampTz lease_start;	/* no later than the lease began in Redis */
+	uint64		connection_epoch;	/* the Redis connection it was taken on */
 	int			nholds;			/* re-entrant holds */
 	int			holds_cap;
 	int		   *hold_levels;	/* transaction nesting level of each hold, oldest first */

@@ -4,8 +4,10 @@
  *
  * Registered lazily by the first lock call of a backend:
  *	- PRE_COMMIT: refuse to commit (40001) when a lock was lost; prove, in one round trip, that locks
- *	  whose lease is close to running out are still ours and keep them through the commit. A lock well
- *	  inside its lease costs nothing here, so an uncontended lock cycle is two Redis commands.
+ *	  whose lease is close to running out, or whose Redis connection is gone since they were taken (a
+ *	  Redis restart forgets locks), are still ours, and keep them through the commit. A lock well
+ *	  inside its lease on an intact connection costs nothing here (one poll() of the socket), so an
+ *	  uncontended lock cycle is two Redis commands.
  *	- PRE_PREPARE: refuse PREPARE TRANSACTION while holding a lock (0A000).
  *	- COMMIT / ABORT: release every lock, and undo a wait in flight, in one round trip. This runs after
  *	  the commit is visible, with interrupts held: it is time-bounded and failures are WARNINGs (the
@@ -87,11 +89,14 @@ verify_before_commit(void)
 	HeldLock  **locks;
 	int			n;
 	int			nnear = 0;
+	int			nexpiring = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	LockRef    *refs;
 	int64	   *tokens;
 	int		   *kept;
 	int			keep_ms = 0;
+	uint64		epoch = 0;
+	bool		intact = false;
 	RedisError	err;
 
 	if (lost != NULL)
@@ -101,14 +106,22 @@ verify_before_commit(void)
 				 errdetail("Its lease ran out and another holder took it before the transaction ended.")));
 
 	n = lock_table_collect(&locks);
+	if (n > 0)
+	{
+		epoch = redis_connection_epoch(redis_primary_server());
+		intact = redis_connection_intact(redis_primary_server(), epoch);
+	}
 	for (int i = 0; i < n; i++)
 	{
 		HeldLock   *lock = locks[i];
+		bool		expiring = now >= TimestampTzPlusMilliseconds(lock->lease_start,
+																  lock->ttl_ms - commit_margin_ms(lock));
 
-		if (now >= TimestampTzPlusMilliseconds(lock->lease_start, lock->ttl_ms - commit_margin_ms(lock)))
+		if (expiring || !intact || lock->connection_epoch != epoch)
 		{
 			locks[nnear++] = lock;
 			keep_ms = Max(keep_ms, lock->ttl_ms);
+			nexpiring += expiring ? 1 : 0;
 		}
 	}
 	if (nnear == 0)
@@ -126,22 +139,37 @@ verify_before_commit(void)
 		tokens[i] = locks[i]->token;
 	}
 	if (!redis_lock_verify_many(nnear, refs, tokens, keep_ms, kept, &err))
-		ereport(ERROR,
-				(errcode(err.sqlstate),
-				 errmsg_internal("%s", err.message),
-				 errdetail("The lease of redis lock \"%s\" was close to running out and could not be confirmed before commit.",
-						   refs[0].key),
-				 err.hint[0] ? errhint("%s", err.hint) : 0));
+	{
+		/*
+		 * Redis cannot be asked. A lock whose lease is about to run out cannot be vouched for, so the
+		 * transaction may not commit. Locks well inside their lease are only being re-checked because
+		 * the connection broke: while Redis is unreachable nobody else can take them either, so the
+		 * commit stands, as it does when the release after commit fails.
+		 */
+		if (nexpiring > 0)
+			ereport(ERROR,
+					(errcode(err.sqlstate),
+					 errmsg_internal("%s", err.message),
+					 errdetail("The lease of a redis lock was close to running out and could not be confirmed before commit."),
+					 err.hint[0] ? errhint("%s", err.hint) : 0));
+		redis_warn(&err, "The connection the redis locks were taken on broke, and they could not be confirmed; the commit goes ahead within their leases.");
+		pfree(kept);
+		pfree(tokens);
+		pfree(refs);
+		pfree(locks);
+		return;
+	}
 	for (int i = 0; i < nnear; i++)
 	{
 		if (!kept[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("redis lock \"%s\" was lost during this transaction", refs[i].key),
-					 errdetail("Its lease of %d ms ran out and another holder took it before the transaction ended.",
+					 errdetail("Its lease of %d ms ran out, or Redis forgot it, and it cannot be shown that nobody else took it before the transaction ended.",
 							   locks[i]->ttl_ms)));
 		locks[i]->lease_start = now;
 		locks[i]->ttl_ms = keep_ms;
+		locks[i]->connection_epoch = redis_connection_epoch(redis_primary_server());
 	}
 	pfree(kept);
 	pfree(tokens);

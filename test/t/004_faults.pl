@@ -78,6 +78,23 @@ sub queued { my ($key) = @_; return $redis->cli('ZCARD', "{redislock:$key}:q") /
 	$h->quit;
 }
 
+# --- Redis restarted empty under a holder: its commit fails once someone else took the key; tokens grow
+{
+	my $h = $a->background_psql('postgres', on_error_stop => 0);
+	my $t1 = $h->query_safe("BEGIN; SELECT redis_wait_lock('f:restart', '60 s');");
+	$redis->stop;
+	$redis->start;
+	my $t2 = $b->safe_psql('postgres', "SELECT redis_wait_lock('f:restart', '60 s', '5 s')");
+	ok($t2 > $t1, 'after a restart without persistence another backend takes the key, with a greater token');
+	$h->query("\\set VERBOSITY sqlstate\nCOMMIT;");
+	like($h->{stderr}, qr/ERROR:  40001/, 'the holder that Redis forgot cannot commit (40001)');
+	$h->{stderr} = '';
+	$h->query_safe("BEGIN; SELECT redis_wait_lock('f:restart2', '60 s');");
+	$h->query_safe('COMMIT');
+	is($h->{stderr}, '', 'a lock taken on the new connection commits without a word');
+	$h->quit;
+}
+
 # --- Redis refuses: clear errors with a SQLSTATE and a hint; recovery once fixed ----------------
 sub try_lock_error
 {
