@@ -42,6 +42,8 @@ sub start_redis
 {
 	my $self = bless { port => free_port(), dir => PostgreSQL::Test::Utils::tempdir(), args => [@_] },
 	  'RedisLockTest::Redis';
+	my %args = @_ % 2 ? () : @_;
+	$self->{auth} = $args{'--requirepass'} if $args{'--requirepass'};
 	$self->start;
 	push @servers, $self;
 	return $self;
