@@ -4,7 +4,7 @@
 # by rl_cleanup (set as an EXIT trap by rl_setup).
 
 RL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-RL_PACKAGES="make gcc postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev redis-server libipc-run-perl"
+RL_PACKAGES="make gcc postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev redis-server libipc-run-perl valgrind"
 PG_BIN=/usr/lib/postgresql/15/bin
 
 rl_log() { printf '== %s\n' "$*" >&2; }
@@ -57,9 +57,10 @@ rl_start_redis() {
   return 1
 }
 
-# rl_start_pg NAME: a throwaway cluster pointed at our Redis; sets PGPORT_<NAME> and PGPORT.
+# rl_start_pg NAME [POSTGRES_BINARY]: a throwaway cluster pointed at our Redis; sets PGPORT_<NAME>
+# and PGPORT. A second argument runs the server through that program (see test/valgrind.sh).
 rl_start_pg() {
-  local name=$1 port dir=$RL_TMP/pg-$1
+  local name=$1 postgres=${2:-$PG_BIN/postgres} port dir=$RL_TMP/pg-$1
   port=$(rl_free_port)
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown -R postgres "$RL_TMP"
@@ -74,7 +75,7 @@ fsync = off
 redislock.host = '127.0.0.1'
 redislock.port = $REDIS_PORT
 CONF
-  rl_as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+  rl_as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -p "$postgres" -w -t 300 start >/dev/null ||
     { cat "$dir/server.log" >&2; return 1; }
   eval "PGPORT_$name=$port"
   export PGPORT=$port PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=postgres

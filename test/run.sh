@@ -3,13 +3,14 @@
 # PostgreSQL on free loopback ports, then runs every suite: pg_regress (sql/, expected/),
 # pg_isolation_regress (test/isolation/) and the TAP tests (test/t/, each starting its own Redis and
 # clusters). Ends with "N passed, N failed"; exits non-zero on any failure.
-#   bash test/run.sh [regress] [isolation] [tap] [t/NNN_name.pl ...]   runs only what is named
+#   bash test/run.sh [regress] [isolation] [tap] [valgrind] [t/NNN_name.pl ...]   runs only what is named
 set -uo pipefail
-suites=" ${*:-regress isolation tap} "
+suites=" ${*:-regress isolation tap valgrind} "
 tap_files=$(printf '%s\n' "$@" | grep '^t/' | tr '\n' ' ')
 [ -n "$tap_files" ] && suites="$suites tap "
 [ -n "$tap_files" ] || tap_files='t/*.pl'
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/valgrind.sh"
 rl_setup || { echo "0 passed, 1 failed"; exit 1; }
 cd "$RL_ROOT"
 
@@ -56,6 +57,11 @@ passed=$((passed + ok)) failed=$((failed + bad))
 if [ "$tap_status" -ne 0 ]; then
   for f in "$tap"/tmp_check/log/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done
 fi
+fi
+
+if [[ $suites == *" valgrind "* ]]; then
+  rl_log "valgrind"
+  rl_valgrind_suite || failed=$((failed + 1))
 fi
 
 echo "$passed passed, $failed failed"

@@ -39,12 +39,17 @@ local function next_token(last, now_us)
   return now_us
 end
 
--- Make holder the owner for ttl ms. The hash outlives the lease by one more ttl, so that a holder whose
--- lease ran out can still prove, before it commits, that nobody took the lock meanwhile.
+-- How long the lock hash outlives a lease of ttl ms: one more ttl, and at least 10 s, so that a holder
+-- whose lease ran out can still prove, before it commits, that nobody took the lock meanwhile.
+local function hash_ttl(ttl)
+  return ttl + math.max(ttl, 10000)
+end
+
+-- Make holder the owner for ttl ms.
 local function grant(holder, ttl, last, now_ms, now_us)
   local token = next_token(last, now_us)
   redis.call('HSET', lock_key, 'owner', holder, 'token', token, 'expires', now_ms + ttl)
-  redis.call('PEXPIRE', lock_key, ttl * 2)
+  redis.call('PEXPIRE', lock_key, hash_ttl(ttl))
   return token
 end
 

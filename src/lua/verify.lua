@@ -10,6 +10,6 @@ if v[1] ~= holder or tonumber(v[2]) ~= token then
 end
 if tonumber(v[3]) < now_ms + keep then
   redis.call('HSET', lock_key, 'expires', now_ms + keep)
-  redis.call('PEXPIRE', lock_key, keep * 2)
+  redis.call('PEXPIRE', lock_key, hash_ttl(keep))
 end
 return 1
