@@ -36,6 +36,8 @@ struct RedisServer
 	char		name[MAXPGPATH + 16];	/* "host:port" or socket path, for messages */
 	redisContext *ctx;			/* NULL when not connected */
 	bool		in_flight;		/* a round trip started and did not finish */
+	int			in_flight_replies;	/* how many replies that round trip awaits */
+	bool		in_flight_blocking; /* it was a blocking command (BLPOP) */
 	redisReply **inbox;			/* replies read in the current round trip */
 	int			inbox_len;
 	int			inbox_cap;
@@ -464,6 +466,38 @@ send_behind_stalled(RedisServer *server, int ncmds, const RedisCommand *cmds, Re
 }
 
 /*
+ * Before a commit or abort callback uses a connection whose round trip an interrupt cut short (a
+ * cancel, statement_timeout): a blocking BLPOP has nothing to keep in order with what follows, so the
+ * connection is simply replaced. A script may have changed things in Redis, and the undo that follows
+ * must run after it: give its reply a moment (at most 200 ms) and keep the connection; if Redis does not
+ * answer that soon it is stalled, and the undo is queued behind the script (send_behind_stalled).
+ */
+static void
+settle_interrupted(RedisServer *server)
+{
+	TimestampTz deadline;
+	RedisError	ignored;
+	int			wait_ms = Min(redislock_command_timeout_ms, 200);
+
+	if (server->ctx == NULL || server->in_flight_blocking)
+	{
+		redis_disconnect(server);
+		return;
+	}
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
+	if (flush_output(server, deadline, false, &ignored) &&
+		read_replies(server, server->in_flight_replies, deadline, wait_ms, false, &ignored))
+	{
+		inbox_clear(server);
+		server->in_flight = false;
+	}
+	else if (server->ctx->err == 0 && GetCurrentTimestamp() >= deadline)
+		server->timed_out_at = GetCurrentTimestamp();
+	else
+		redis_disconnect(server);
+}
+
+/*
  * Send ncmds commands in one write and read their ncmds replies: one round trip, finished within
  * timeout_ms (connecting first, if needed, within redislock.connect_timeout).
  *
@@ -479,6 +513,8 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 
 	err->sent = false;
 	err->connection_lost = false;
+	if (server->in_flight && !interruptible && server->timed_out_at == 0)
+		settle_interrupted(server);
 	if (server->in_flight && !interruptible && server->timed_out_at != 0 &&
 		!TimestampDifferenceExceeds(server->timed_out_at, GetCurrentTimestamp(),
 									redislock_command_timeout_ms))
@@ -497,6 +533,8 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	inbox_reserve(server, ncmds);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	server->in_flight = true;
+	server->in_flight_replies = ncmds;
+	server->in_flight_blocking = ncmds == 1 && strcmp(cmds[0].argv[0], "BLPOP") == 0;
 	err->sent = true;
 	append_commands(server, ncmds, cmds);
 	if (!flush_output(server, deadline, interruptible, err) ||

@@ -57,7 +57,18 @@ $s->{stderr} = '';
 is($s->query_safe("SELECT redis_try_lock('down:k')"), 't', 'when Redis is back, the same session locks again by itself');
 
 # --- a stalled Redis -------------------------------------------------------------------------------
+my $stalled_session = $node->background_psql('postgres', on_error_stop => 0);
+$stalled_session->query_safe("SELECT redis_try_lock('stall:warm')");
 $redis->signal('STOP');
+# a long command_timeout, so that only the cancel can end this call
+$stalled_session->query_until(qr/calling/, "SET redislock.command_timeout = '60s';\n\\echo calling\nSELECT redis_try_lock('stall:cancel');\n");
+my $spid = $node->safe_psql('postgres', "SELECT pid FROM pg_stat_activity WHERE query LIKE '%stall:cancel%' AND pid <> pg_backend_pid()");
+ok(wait_until(sub { $node->safe_psql('postgres', "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $spid") eq 'Extension' }),
+	'a call is stuck on the stalled Redis');
+$t0 = time;
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($spid)");
+ok(wait_until(sub { $node->safe_psql('postgres', "SELECT state FROM pg_stat_activity WHERE pid = $spid") eq 'idle' }, 5),
+	sprintf('pg_cancel_backend ends it during the stall (%.0f ms)', (time - $t0) * 1000));
 $t0 = time;
 ($rc, $out, $err) = $node->psql('postgres', "SELECT redis_try_lock('stall:k')");
 my $stalled = time - $t0;
@@ -65,6 +76,10 @@ like($err, qr/did not answer within 1000 ms|could not connect/, 'a stalled Redis
 ok($stalled < 4, sprintf('bounded by the timeouts (%.1f s)', $stalled));
 $redis->signal('CONT');
 is($node->safe_psql('postgres', "SELECT redis_try_lock('stall:k')"), 't', 'all recovers on SIGCONT');
+$stalled_session->query('RESET redislock.command_timeout');
+is(scalar $stalled_session->query("SELECT redis_try_lock('stall:again')"), 't',
+	'including the session whose call was stuck');
+$stalled_session->quit;
 
 # --- cancel during a wait ---------------------------------------------------------------------------
 $s->query_safe("BEGIN; SELECT redis_wait_lock('cancel:k');");
