@@ -63,3 +63,24 @@ AS 'MODULE_PATHNAME', 'redis_lock_info'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION redis_lock_info(text) IS
 'what Redis knows of a lock now, whoever holds it';
+
+CREATE FUNCTION redis_session_lock(key text, ttl interval DEFAULT NULL, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'redis_session_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_session_lock(text, interval, interval) IS
+'wait for a Redis lock held until redis_unlock, DISCARD ALL or session end (needs the lease keeper)';
+
+CREATE FUNCTION redis_try_session_lock(key text, ttl interval DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_try_session_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_try_session_lock(text, interval) IS
+'take a session-level Redis lock only if it is free and nobody waits for it (needs the lease keeper)';
+
+CREATE FUNCTION redis_lock_mode()
+RETURNS text
+AS 'MODULE_PATHNAME', 'redis_lock_mode'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION redis_lock_mode() IS
+'keeper when the lease keeper renews leases (shared_preload_libraries), lease when a lock lives for its ttl';

@@ -394,12 +394,13 @@ redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptib
 }
 
 /*
- * Check in one round trip that we still own refs[i] with tokens[i], and keep each for keep_ms more.
- * kept[i] is 1 or 0. Returns false with err set when Redis could not answer.
+ * Check in one round trip that holders[i] (NULL: this backend) still owns refs[i] with tokens[i],
+ * and keep each for keep_ms[i] more: the check before commit, and the lease keeper's renewal. kept[i]
+ * is 1 or 0. Returns false with err set when Redis could not answer.
  */
 bool
-redis_lock_verify_many(int n, const LockRef *refs, const int64 *tokens, int keep_ms, int *kept,
-					   RedisError *err)
+redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, const int64 *tokens,
+					   const int *keep_ms, int *kept, bool interruptible, RedisError *err)
 {
 	RedisServer *server = redis_primary_server();
 	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
@@ -407,23 +408,24 @@ redis_lock_verify_many(int n, const LockRef *refs, const int64 *tokens, int keep
 	redisReply **replies = palloc0(n * sizeof(redisReply *));
 	LockKeys   *lk = palloc(n * sizeof(LockKeys));
 	char	  (*token_text)[24] = palloc(n * sizeof(*token_text));
-	char		keep[16];
+	char	  (*keep_text)[16] = palloc(n * sizeof(*keep_text));
 	bool		ok;
 
-	snprintf(keep, sizeof(keep), "%d", keep_ms);
 	for (int i = 0; i < n; i++)
 	{
 		const char *args[3];
 
 		snprintf(token_text[i], sizeof(token_text[i]), INT64_FORMAT, tokens[i]);
-		args[0] = redislock_holder_id();
+		snprintf(keep_text[i], sizeof(keep_text[i]), "%d", keep_ms[i]);
+		args[0] = holders && holders[i] ? holders[i] : redislock_holder_id();
 		args[1] = token_text[i];
-		args[2] = keep;
+		args[2] = keep_text[i];
 		lock_keys_build(&refs[i], &lk[i]);
 		ids[i] = SCRIPT_VERIFY;
 		redis_script_command(&cmds[i], SCRIPT_VERIFY, &lk[i], 3, args);
 	}
-	ok = redis_run_scripts(server, n, cmds, ids, replies, redislock_command_timeout_ms, true, err);
+	ok = redis_run_scripts(server, n, cmds, ids, replies, redislock_command_timeout_ms, interruptible,
+						   err);
 	for (int i = 0; ok && i < n; i++)
 	{
 		if (replies[i]->type == REDIS_REPLY_ERROR)
@@ -444,6 +446,7 @@ redis_lock_verify_many(int n, const LockRef *refs, const int64 *tokens, int keep
 		lock_keys_free(&lk[i]);
 	pfree(lk);
 	pfree(token_text);
+	pfree(keep_text);
 	pfree(replies);
 	pfree(ids);
 	pfree(cmds);

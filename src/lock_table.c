@@ -7,6 +7,10 @@
  * the holds it took and committing one hands them to its parent. Holds are kept oldest first, and their
  * levels never decrease along the list.
  *
+ * Session locks (redis_session_lock) count their holds apart: they outlive transactions, and a key
+ * held in both scopes stays held in Redis until both counts are zero. With the lease keeper, every
+ * held lock is also entered in the shared registry (registry.c).
+ *
  * Besides held locks the table tracks one pending key (a lock call in flight, whose effect in Redis is
  * not yet known) and the first key this transaction found lost, which forbids its COMMIT.
  */
@@ -47,7 +51,7 @@ lock_table_find(const char *key)
 }
 
 HeldLock *
-lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start)
+lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start, bool session)
 {
 	bool		found;
 	HeldLock   *lock = hash_search(table(), key, HASH_ENTER, &found);
@@ -59,10 +63,13 @@ lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start
 	lock->acquired_at = GetCurrentTimestamp();
 	lock->lease_start = lease_start;
 	lock->connection_epoch = redis_connection_epoch(redis_primary_server());
+	lock->session_holds = session ? 1 : 0;
 	lock->nholds = 0;
 	lock->holds_cap = 4;
 	lock->hold_levels = MemoryContextAlloc(TopMemoryContext, lock->holds_cap * sizeof(int));
-	lock_table_push_hold(lock);
+	if (!session)
+		lock_table_push_hold(lock);
+	registry_add(lock);
 	return lock;
 }
 
@@ -95,6 +102,7 @@ lock_table_pop_hold(HeldLock *lock)
 void
 lock_table_remove(HeldLock *lock)
 {
+	registry_remove(lock->key);
 	pfree(lock->hold_levels);
 	hash_search(table(), lock->key, HASH_REMOVE, NULL);
 }
@@ -109,10 +117,20 @@ lock_table_count(void)
 int
 lock_table_collect(HeldLock ***locks)
 {
-	return lock_table_collect_level(0, locks);
+	HASH_SEQ_STATUS status;
+	HeldLock   *lock;
+	int			n = 0;
+
+	*locks = palloc(Max(lock_table_count(), 1) * sizeof(HeldLock *));
+	if (held_locks == NULL)
+		return 0;
+	hash_seq_init(&status, held_locks);
+	while ((lock = hash_seq_search(&status)) != NULL)
+		(*locks)[n++] = lock;
+	return n;
 }
 
-/* The held locks that have a hold taken at nesting level >= level (level 0: all of them). */
+/* The held locks that have a transaction hold taken at nesting level >= level. */
 int
 lock_table_collect_level(int level, HeldLock ***locks)
 {
@@ -190,16 +208,26 @@ lock_table_lost(void)
 	return has_lost ? lost_key : NULL;
 }
 
-/* Forget everything at transaction end: held locks, the pending key and any lost-lock mark. */
+/*
+ * Forget what ends with the transaction: its holds (a lock with session holds stays), the pending key
+ * and any lost-lock mark. With all_scopes, session locks go too (backend exit).
+ */
 void
-lock_table_reset_xact(void)
+lock_table_reset_xact(bool all_scopes)
 {
-	HeldLock  **locks;
-	int			n = lock_table_collect(&locks);
+	HASH_SEQ_STATUS status;
+	HeldLock   *lock;
 
-	for (int i = 0; i < n; i++)
-		lock_table_remove(locks[i]);
-	pfree(locks);
+	if (held_locks != NULL)
+	{
+		hash_seq_init(&status, held_locks);
+		while ((lock = hash_seq_search(&status)) != NULL)
+		{
+			lock->nholds = 0;
+			if (all_scopes || lock->session_holds == 0)
+				lock_table_remove(lock);	/* dynahash allows deleting the current entry */
+		}
+	}
 	has_pending = false;
 	has_lost = false;
 }

@@ -11,6 +11,8 @@
  *	lock_table.c	this backend's held locks, their hold counts and subtransaction levels
  *	xact.c			transaction, subtransaction and backend-exit integration
  *	sql_api.c		the SQL-callable functions and their argument checks
+ *	registry.c		the shared registry of held locks (with shared_preload_libraries)
+ *	keeper.c		the lease keeper, a background worker that renews the registry's leases
  */
 #ifndef REDISLOCK_H
 #define REDISLOCK_H
@@ -24,6 +26,8 @@
 /* Longest lock key accepted, and longest redislock.key_prefix, in bytes. */
 #define REDISLOCK_KEY_MAX 1024
 #define REDISLOCK_PREFIX_MAX 256
+/* Longest holder id: "<host>:<port>:<pid>:<nonce>" with a host name of up to 255 bytes. */
+#define REDISLOCK_HOLDER_MAX 320
 
 /*
  * A lock as Redis names it: the key prefix in force when it was taken, and the key. Changing
@@ -135,8 +139,9 @@ extern bool redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampT
 extern int64 redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start);
 extern bool redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible,
 									RedisError *err);
-extern bool redis_lock_verify_many(int n, const LockRef *refs, const int64 *tokens, int keep_ms,
-								   int *kept, RedisError *err);
+extern bool redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders,
+								   const int64 *tokens, const int *keep_ms, int *kept,
+								   bool interruptible, RedisError *err);
 extern void redis_lock_info_fetch(const char *key, LockInfo *info);
 
 /* lock_table.c */
@@ -149,13 +154,15 @@ typedef struct HeldLock
 	TimestampTz acquired_at;	/* when this backend got it */
 	TimestampTz lease_start;	/* no later than the lease began in Redis */
 	uint64		connection_epoch;	/* the Redis connection it was taken on */
-	int			nholds;			/* re-entrant holds */
+	int			session_holds;	/* holds that outlive transactions (redis_session_lock) */
+	int			nholds;			/* re-entrant transaction holds */
 	int			holds_cap;
 	int		   *hold_levels;	/* transaction nesting level of each hold, oldest first */
 } HeldLock;
 
 extern HeldLock *lock_table_find(const char *key);
-extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start);
+extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start,
+								bool session);
 extern LockRef lock_ref_of(const HeldLock *lock);
 extern void lock_table_push_hold(HeldLock *lock);
 extern void lock_table_pop_hold(HeldLock *lock);
@@ -169,10 +176,36 @@ extern void lock_table_clear_pending(void);
 extern bool lock_table_pending(LockRef *ref);
 extern void lock_table_note_lost(const char *key);
 extern const char *lock_table_lost(void);
-extern void lock_table_reset_xact(void);
+extern void lock_table_reset_xact(bool all_scopes);
+
+/* registry.c */
+typedef struct RenewalItem
+{
+	int			pid;
+	char		key[REDISLOCK_KEY_MAX + 1];
+	char		prefix[REDISLOCK_PREFIX_MAX + 1];
+	char		holder[REDISLOCK_HOLDER_MAX + 1];
+	int64		token;
+	int			ttl_ms;
+	TimestampTz renewed_at;
+} RenewalItem;
+
+extern int	redislock_max_locks;
+extern void registry_install_hooks(void);
+extern bool registry_active(void);
+extern void registry_add(const HeldLock *lock);
+extern void registry_remove(const char *key);
+extern bool registry_lease(const char *key, TimestampTz *renewed_at, bool *lost);
+extern int	registry_collect_due(TimestampTz now, RenewalItem *items, int max);
+extern void registry_record(const RenewalItem *item, bool kept, TimestampTz renewed_at);
+
+/* keeper.c */
+extern void keeper_register(void);
+extern PGDLLEXPORT void redislock_keeper_main(Datum arg);
 
 /* xact.c */
 extern void redislock_xact_init(void);
+extern void redislock_install_utility_hook(void);
 extern int	redislock_release_all(bool interruptible);
 extern void redislock_release_one(HeldLock *lock);
 

@@ -11,6 +11,7 @@
 
 #include <limits.h>
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 char	   *redislock_host = NULL;
@@ -140,6 +141,16 @@ redislock_define_settings(void)
 							   "redislock:",
 							   PGC_SUSET, 0,
 							   check_key_prefix, NULL, NULL);
+
+	/* sizes shared memory: exists only when preloaded */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("redislock.max_locks",
+								"Locks the lease keeper can track on this server.",
+								NULL,
+								&redislock_max_locks,
+								4096, 16, 1000000,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("redislock");
 }

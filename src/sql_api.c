@@ -23,6 +23,9 @@ PG_FUNCTION_INFO_V1(redis_unlock_all);
 PG_FUNCTION_INFO_V1(redis_fencing_token);
 PG_FUNCTION_INFO_V1(redis_locks);
 PG_FUNCTION_INFO_V1(redis_lock_info);
+PG_FUNCTION_INFO_V1(redis_session_lock);
+PG_FUNCTION_INFO_V1(redis_try_session_lock);
+PG_FUNCTION_INFO_V1(redis_lock_mode);
 
 /* The key argument as a C string, checked. */
 static char *
@@ -104,50 +107,91 @@ timeout_arg(FunctionCallInfo fcinfo, int argno)
 	return ms > INT_MAX ? 0 : (int) ms;
 }
 
-/* A hold on a key this backend already has: one more hold, no round trip. */
-static HeldLock *
-hold_again(const char *key)
+/*
+ * Take key for this transaction (session: for the session), waiting in its queue or not. A key this
+ * backend already holds gets one more hold, with no round trip. Returns whether it was taken; *token
+ * is its fencing token.
+ */
+static bool
+take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 {
+	char	   *key = key_arg(fcinfo, 0);
+	int			ttl_ms = ttl_arg(fcinfo, 1);
+	int			timeout_ms = wait ? timeout_arg(fcinfo, 2) : 0;
 	HeldLock   *lock = lock_table_find(key);
+	TimestampTz lease_start;
 
+	redislock_xact_init();
 	if (lock != NULL)
-		lock_table_push_hold(lock);
-	return lock;
+	{
+		if (session)
+			lock->session_holds++;
+		else
+			lock_table_push_hold(lock);
+		*token = lock->token;
+		return true;
+	}
+	if (wait)
+		*token = redis_lock_wait(key, ttl_ms, timeout_ms, &lease_start);
+	else if (!redis_lock_try(key, ttl_ms, token, &lease_start))
+		return false;
+	lock_table_add(key, *token, ttl_ms, lease_start, session);
+	return true;
+}
+
+/* Session locks live only as long as the lease keeper renews them. */
+static void
+require_keeper(void)
+{
+	if (!registry_active())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("session-level redis locks need the redislock lease keeper"),
+				 errdetail("Without it a lock lives only as long as its lease, which a session outlasts."),
+				 errhint("Add redislock to shared_preload_libraries and restart the server.")));
 }
 
 Datum
 redis_wait_lock(PG_FUNCTION_ARGS)
 {
-	char	   *key = key_arg(fcinfo, 0);
-	int			ttl_ms = ttl_arg(fcinfo, 1);
-	int			timeout_ms = timeout_arg(fcinfo, 2);
-	HeldLock   *lock;
-	TimestampTz lease_start;
 	int64		token;
 
-	redislock_xact_init();
-	if ((lock = hold_again(key)) != NULL)
-		PG_RETURN_INT64(lock->token);
-	token = redis_lock_wait(key, ttl_ms, timeout_ms, &lease_start);
-	lock = lock_table_add(key, token, ttl_ms, lease_start);
-	PG_RETURN_INT64(lock->token);
+	take_lock(fcinfo, true, false, &token);
+	PG_RETURN_INT64(token);
 }
 
 Datum
 redis_try_lock(PG_FUNCTION_ARGS)
 {
-	char	   *key = key_arg(fcinfo, 0);
-	int			ttl_ms = ttl_arg(fcinfo, 1);
-	TimestampTz lease_start;
 	int64		token;
 
-	redislock_xact_init();
-	if (hold_again(key) != NULL)
-		PG_RETURN_BOOL(true);
-	if (!redis_lock_try(key, ttl_ms, &token, &lease_start))
-		PG_RETURN_BOOL(false);
-	lock_table_add(key, token, ttl_ms, lease_start);
-	PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(take_lock(fcinfo, false, false, &token));
+}
+
+Datum
+redis_session_lock(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	require_keeper();
+	take_lock(fcinfo, true, true, &token);
+	PG_RETURN_INT64(token);
+}
+
+Datum
+redis_try_session_lock(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	require_keeper();
+	PG_RETURN_BOOL(take_lock(fcinfo, false, true, &token));
+}
+
+/* 'keeper' when the lease keeper renews leases, 'lease' when a lock lives only for its lease. */
+Datum
+redis_lock_mode(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(registry_active() ? "keeper" : "lease"));
 }
 
 Datum
@@ -163,9 +207,12 @@ redis_unlock(PG_FUNCTION_ARGS)
 				 errmsg("you don't own a redis lock on key \"%s\"", key)));
 		PG_RETURN_BOOL(false);
 	}
-	if (lock->nholds > 1)
-		lock_table_pop_hold(lock);
+	/* as pg_advisory_unlock, a session hold goes first */
+	if (lock->session_holds > 0)
+		lock->session_holds--;
 	else
+		lock_table_pop_hold(lock);
+	if (lock->session_holds == 0 && lock->nholds == 0)
 		redislock_release_one(lock);
 	PG_RETURN_BOOL(true);
 }
@@ -202,12 +249,19 @@ redis_locks(PG_FUNCTION_ARGS)
 		HeldLock   *lock = locks[i];
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, false};
+		TimestampTz lease_start = lock->lease_start;
+		TimestampTz renewed_at;
+		bool		lost = false;
 
+		/* with the lease keeper: its latest renewal; a lock it found lost has no expiry */
+		if (registry_lease(lock->key, &renewed_at, &lost))
+			lease_start = Max(lease_start, renewed_at);
 		values[0] = CStringGetTextDatum(lock->key);
-		values[1] = Int32GetDatum(lock->nholds);
+		values[1] = Int32GetDatum(lock->nholds + lock->session_holds);
 		values[2] = Int64GetDatum(lock->token);
 		values[3] = TimestampTzGetDatum(lock->acquired_at);
-		values[4] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(lock->lease_start, lock->ttl_ms));
+		values[4] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(lease_start, lock->ttl_ms));
+		nulls[4] = lost;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	pfree(locks);

@@ -18,10 +18,13 @@
 #include "redislock.h"
 
 #include "access/xact.h"
+#include "nodes/parsenodes.h"
 #include "storage/ipc.h"
+#include "tcop/utility.h"
 #include "utils/timestamp.h"
 
 static bool callbacks_registered = false;
+static ProcessUtility_hook_type prev_process_utility = NULL;
 
 /* How close to the end of its lease a lock is verified before commit. */
 static int
@@ -65,21 +68,43 @@ release_quietly(int n, const LockRef *refs, int nheld, bool committed)
 	pfree(owned);
 }
 
-/* Release every lock and the pending wait, and forget them. */
+/*
+ * Release what ends here — the transaction's locks (all_scopes: session locks too) and the pending
+ * wait — and forget it.
+ */
 static void
-release_everything_quietly(bool committed)
+release_everything_quietly(bool committed, bool all_scopes)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
+	int			nrel = 0;
 	LockRef    *refs = palloc((n + 1) * sizeof(LockRef));
-	bool		pending = lock_table_pending(&refs[n]);
+	bool		pending;
 
 	for (int i = 0; i < n; i++)
-		refs[i] = lock_ref_of(locks[i]);
-	release_quietly(n + (pending ? 1 : 0), refs, n, committed);
+	{
+		if (all_scopes || locks[i]->session_holds == 0)
+			refs[nrel++] = lock_ref_of(locks[i]);
+	}
+	pending = lock_table_pending(&refs[nrel]);
+	release_quietly(nrel + (pending ? 1 : 0), refs, nrel, committed);
 	pfree(refs);
 	pfree(locks);
-	lock_table_reset_xact();
+	lock_table_reset_xact(all_scopes);
+}
+
+/* Whether any lock has a hold of this transaction, or a lock call is in flight. */
+static bool
+xact_holds_locks(void)
+{
+	HeldLock  **locks;
+	int			n = lock_table_collect(&locks);
+	bool		any = lock_table_pending(NULL);
+
+	for (int i = 0; i < n && !any; i++)
+		any = locks[i]->nholds > 0;
+	pfree(locks);
+	return any;
 }
 
 static void
@@ -94,6 +119,7 @@ verify_before_commit(void)
 	LockRef    *refs;
 	int64	   *tokens;
 	int		   *kept;
+	int		   *keeps;
 	int			keep_ms = 0;
 	uint64		epoch = 0;
 	bool		intact = false;
@@ -114,8 +140,24 @@ verify_before_commit(void)
 	for (int i = 0; i < n; i++)
 	{
 		HeldLock   *lock = locks[i];
-		bool		expiring = now >= TimestampTzPlusMilliseconds(lock->lease_start,
-																  lock->ttl_ms - commit_margin_ms(lock));
+		TimestampTz renewed_at;
+		bool		keeper_lost;
+		bool		expiring;
+
+		/* with the lease keeper: its renewals, and what it found lost */
+		if (registry_lease(lock->key, &renewed_at, &keeper_lost))
+		{
+			if (keeper_lost)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("redis lock \"%s\" was lost during this transaction", lock->key),
+						 errdetail("The lease keeper found it gone from Redis or held by someone else."),
+						 lock->session_holds > 0 ?
+						 errhint("Release the session lock with redis_unlock() before committing again.") : 0));
+			lock->lease_start = Max(lock->lease_start, renewed_at);
+		}
+		expiring = now >= TimestampTzPlusMilliseconds(lock->lease_start,
+													  lock->ttl_ms - commit_margin_ms(lock));
 
 		if (expiring || !intact || lock->connection_epoch != epoch)
 		{
@@ -132,13 +174,15 @@ verify_before_commit(void)
 
 	refs = palloc(nnear * sizeof(LockRef));
 	tokens = palloc(nnear * sizeof(int64));
+	keeps = palloc(nnear * sizeof(int));
 	kept = palloc(nnear * sizeof(int));
 	for (int i = 0; i < nnear; i++)
 	{
 		refs[i] = lock_ref_of(locks[i]);
 		tokens[i] = locks[i]->token;
+		keeps[i] = keep_ms;
 	}
-	if (!redis_lock_verify_many(nnear, refs, tokens, keep_ms, kept, &err))
+	if (!redis_lock_verify_many(nnear, refs, NULL, tokens, keeps, kept, true, &err))
 	{
 		/*
 		 * Redis cannot be asked. A lock whose lease is about to run out cannot be vouched for, so the
@@ -154,6 +198,7 @@ verify_before_commit(void)
 					 err.hint[0] ? errhint("%s", err.hint) : 0));
 		redis_warn(&err, "The connection the redis locks were taken on broke, and they could not be confirmed; the commit goes ahead within their leases.");
 		pfree(kept);
+		pfree(keeps);
 		pfree(tokens);
 		pfree(refs);
 		pfree(locks);
@@ -172,6 +217,7 @@ verify_before_commit(void)
 		locks[i]->connection_epoch = redis_connection_epoch(redis_primary_server());
 	}
 	pfree(kept);
+	pfree(keeps);
 	pfree(tokens);
 	pfree(refs);
 	pfree(locks);
@@ -187,7 +233,7 @@ xact_callback(XactEvent event, void *arg)
 			verify_before_commit();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
-			if (lock_table_count() > 0 || lock_table_pending(NULL))
+			if (xact_holds_locks())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot PREPARE a transaction that holds redis locks"),
@@ -196,12 +242,12 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			release_everything_quietly(true);
+			release_everything_quietly(true, false);
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			release_everything_quietly(false);
+			release_everything_quietly(false, false);
 			break;
 	}
 }
@@ -229,7 +275,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 
 			while (lock->nholds > 0 && lock->hold_levels[lock->nholds - 1] >= level)
 				lock_table_pop_hold(lock);
-			if (lock->nholds == 0)
+			if (lock->nholds == 0 && lock->session_holds == 0)
 			{
 				locks[nfree] = lock;
 				refs[nfree++] = lock_ref_of(lock);
@@ -249,7 +295,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 static void
 at_backend_exit(int code, Datum arg)
 {
-	release_everything_quietly(false);
+	release_everything_quietly(false, true);
 	redis_disconnect(redis_primary_server());
 }
 
@@ -313,4 +359,32 @@ redislock_release_one(HeldLock *lock)
 				 errdetail("Its lease ran out and another holder took it; this transaction cannot commit.")));
 	}
 	lock_table_remove(lock);
+}
+
+/*
+ * DISCARD ALL releases session locks, as it releases PostgreSQL's session-level advisory locks. It
+ * cannot run inside a transaction block, so only session locks are left to release.
+ */
+static void
+redislock_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+						  ProcessUtilityContext context, ParamListInfo params,
+						  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+
+	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL &&
+		lock_table_count() > 0)
+		(void) redislock_release_all(true);
+}
+
+void
+redislock_install_utility_hook(void)
+{
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = redislock_process_utility;
 }

@@ -1,0 +1,221 @@
+/*
+ * registry.c
+ *		The server-wide registry of held Redis locks, in shared memory, for the lease keeper.
+ *
+ * It exists only when redislock is in shared_preload_libraries. Each backend enters the locks it
+ * holds (pid, key, prefix, holder id, token, lease) and removes them when it releases them; the lease
+ * keeper (keeper.c) reads it to renew leases and writes back when it renewed a lease or found a lock
+ * lost. One LWLock guards the table; every section under it is short and does no I/O.
+ *
+ * A backend that dies without cleaning up (SIGKILL) takes the postmaster through a crash restart,
+ * which wipes shared memory, so the registry never renews the locks of a dead backend for long; the
+ * keeper also drops entries whose backend is gone.
+ */
+#include "redislock.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/procarray.h"
+#include "storage/shmem.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+
+typedef struct RegistryTag
+{
+	int			pid;
+	char		key[REDISLOCK_KEY_MAX + 1];
+} RegistryTag;
+
+typedef struct RegistryEntry
+{
+	RegistryTag tag;			/* hash key: must be first */
+	char		prefix[REDISLOCK_PREFIX_MAX + 1];
+	char		holder[REDISLOCK_HOLDER_MAX + 1];
+	int64		token;
+	int			ttl_ms;
+	TimestampTz renewed_at;		/* the lease began no later than this */
+	bool		lost;
+} RegistryEntry;
+
+int			redislock_max_locks = 4096;
+static HTAB *registry = NULL;
+static LWLock *registry_lock = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+registry_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(hash_estimate_size(redislock_max_locks, sizeof(RegistryEntry)));
+	RequestNamedLWLockTranche("redislock", 1);
+}
+
+static void
+registry_shmem_startup(void)
+{
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	info.keysize = sizeof(RegistryTag);
+	info.entrysize = sizeof(RegistryEntry);
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	registry = ShmemInitHash("redislock registry", redislock_max_locks, redislock_max_locks, &info,
+							 HASH_ELEM | HASH_BLOBS);
+	registry_lock = &(GetNamedLWLockTranche("redislock"))->lock;
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* From _PG_init while preloading: ask for shared memory. */
+void
+registry_install_hooks(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = registry_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = registry_shmem_startup;
+}
+
+/* Whether this server keeps leases alive (redislock was preloaded). */
+bool
+registry_active(void)
+{
+	return registry != NULL;
+}
+
+static void
+make_tag(RegistryTag *tag, int pid, const char *key)
+{
+	memset(tag, 0, sizeof(*tag));
+	tag->pid = pid;
+	strlcpy(tag->key, key, sizeof(tag->key));
+}
+
+/* Enter a lock this backend now holds. ERROR when the registry is full (the abort releases it). */
+void
+registry_add(const HeldLock *lock)
+{
+	RegistryTag tag;
+	RegistryEntry *entry;
+	bool		found;
+
+	if (registry == NULL)
+		return;
+	make_tag(&tag, MyProcPid, lock->key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	entry = hash_search(registry, &tag, HASH_ENTER_NULL, &found);
+	if (entry != NULL)
+	{
+		strlcpy(entry->prefix, lock->prefix, sizeof(entry->prefix));
+		strlcpy(entry->holder, redislock_holder_id(), sizeof(entry->holder));
+		entry->token = lock->token;
+		entry->ttl_ms = lock->ttl_ms;
+		entry->renewed_at = lock->lease_start;
+		entry->lost = false;
+	}
+	LWLockRelease(registry_lock);
+	if (entry == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("too many redis locks held on this server"),
+				 errhint("Raise redislock.max_locks (now %d).", redislock_max_locks)));
+}
+
+void
+registry_remove(const char *key)
+{
+	RegistryTag tag;
+
+	if (registry == NULL)
+		return;
+	make_tag(&tag, MyProcPid, key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	hash_search(registry, &tag, HASH_REMOVE, NULL);
+	LWLockRelease(registry_lock);
+}
+
+/*
+ * What the keeper knows of a lock of ours: when its lease was last renewed, and whether it was found
+ * lost. False when there is no registry or no entry.
+ */
+bool
+registry_lease(const char *key, TimestampTz *renewed_at, bool *lost)
+{
+	RegistryTag tag;
+	RegistryEntry *entry;
+
+	if (registry == NULL)
+		return false;
+	make_tag(&tag, MyProcPid, key);
+	LWLockAcquire(registry_lock, LW_SHARED);
+	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		*renewed_at = entry->renewed_at;
+		*lost = entry->lost;
+	}
+	LWLockRelease(registry_lock);
+	return entry != NULL;
+}
+
+/*
+ * For the keeper: copies of the entries whose lease is due for renewal (a third of it has passed),
+ * at most max of them. Entries of backends that are gone are dropped on the way.
+ */
+int
+registry_collect_due(TimestampTz now, RenewalItem *items, int max)
+{
+	HASH_SEQ_STATUS status;
+	RegistryEntry *entry;
+	int			n = 0;
+
+	if (registry == NULL)
+		return 0;
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	hash_seq_init(&status, registry);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (BackendPidGetProc(entry->tag.pid) == NULL)
+		{
+			hash_search(registry, &entry->tag, HASH_REMOVE, NULL);
+			continue;
+		}
+		if (entry->lost || n >= max ||
+			now < TimestampTzPlusMilliseconds(entry->renewed_at, entry->ttl_ms / 3))
+			continue;
+		items[n].pid = entry->tag.pid;
+		strlcpy(items[n].key, entry->tag.key, sizeof(items[n].key));
+		strlcpy(items[n].prefix, entry->prefix, sizeof(items[n].prefix));
+		strlcpy(items[n].holder, entry->holder, sizeof(items[n].holder));
+		items[n].token = entry->token;
+		items[n].ttl_ms = entry->ttl_ms;
+		items[n].renewed_at = entry->renewed_at;
+		n++;
+	}
+	LWLockRelease(registry_lock);
+	return n;
+}
+
+/* For the keeper: the outcome of renewing item (renewed at renewed_at, or lost). */
+void
+registry_record(const RenewalItem *item, bool kept, TimestampTz renewed_at)
+{
+	RegistryTag tag;
+	RegistryEntry *entry;
+
+	make_tag(&tag, item->pid, item->key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	/* the backend may have released it, or taken it again, meanwhile */
+	if (entry != NULL && entry->token == item->token)
+	{
+		if (kept)
+			entry->renewed_at = Max(entry->renewed_at, renewed_at);
+		else
+			entry->lost = true;
+	}
+	LWLockRelease(registry_lock);
+}
