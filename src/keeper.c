@@ -33,8 +33,9 @@ keeper_register(void)
 	BackgroundWorker worker;
 
 	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
-	worker.bgw_start_time = BgWorkerStart_PostmasterStart;
+	/* a connection to no database: enough to show in pg_stat_activity */
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = 1;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "redislock");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "redislock_keeper_main");
@@ -100,6 +101,8 @@ redislock_keeper_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_activity(STATE_RUNNING, "renewing the leases of this server's redis locks");
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "redislock keeper", ALLOCSET_DEFAULT_SIZES);
 	items = MemoryContextAlloc(TopMemoryContext, KEEPER_BATCH * sizeof(RenewalItem));
