@@ -345,27 +345,20 @@ redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_
 }
 
 /*
- * Release locks (or leave their queues) in one round trip. owned[i] says whether we still owned refs[i]
- * (1) or had lost it (0). Returns false with err set when Redis could not be reached; never throws
- * unless interruptible.
+ * Run n commands of one script, whose keys are lk[], in one round trip, and read each answer as 1 or
+ * 0 into answers[]. Frees lk[]'s keys and every reply. Returns false with err set on any failure.
  */
-bool
-redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible, RedisError *err)
+static bool
+run_yes_no_scripts(int n, RedisScriptId id, RedisCommand *cmds, LockKeys *lk, int *answers,
+				   bool interruptible, RedisError *err)
 {
 	RedisServer *server = redis_primary_server();
-	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
 	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
 	redisReply **replies = palloc0(n * sizeof(redisReply *));
-	LockKeys   *lk = palloc(n * sizeof(LockKeys));
-	const char *args[1] = {redislock_holder_id()};
 	bool		ok;
 
 	for (int i = 0; i < n; i++)
-	{
-		lock_keys_build(&refs[i], &lk[i]);
-		ids[i] = SCRIPT_RELEASE;
-		redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
-	}
+		ids[i] = id;
 	ok = redis_run_scripts(server, n, cmds, ids, replies, redislock_command_timeout_ms,
 						   interruptible, err);
 	for (int i = 0; ok && i < n; i++)
@@ -377,18 +370,40 @@ redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptib
 		}
 		else if (!reply_is_integer(replies[i]))
 		{
-			redis_error_malformed(server, "release script answered with an unexpected shape", err);
+			redis_error_malformed(server, "a script answered with an unexpected shape", err);
 			ok = false;
 		}
 		else
-			owned[i] = replies[i]->integer == 1;
+			answers[i] = replies[i]->integer == 1;
 	}
 	redis_free_replies(n, replies);
 	for (int i = 0; i < n; i++)
 		lock_keys_free(&lk[i]);
-	pfree(lk);
 	pfree(replies);
 	pfree(ids);
+	return ok;
+}
+
+/*
+ * Release locks (or leave their queues) in one round trip. owned[i] says whether we still owned refs[i]
+ * (1) or had lost it (0). Returns false with err set when Redis could not be reached; never throws
+ * unless interruptible.
+ */
+bool
+redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible, RedisError *err)
+{
+	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
+	LockKeys   *lk = palloc(n * sizeof(LockKeys));
+	const char *args[1] = {redislock_holder_id()};
+	bool		ok;
+
+	for (int i = 0; i < n; i++)
+	{
+		lock_keys_build(&refs[i], &lk[i]);
+		redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
+	}
+	ok = run_yes_no_scripts(n, SCRIPT_RELEASE, cmds, lk, owned, interruptible, err);
+	pfree(lk);
 	pfree(cmds);
 	return ok;
 }
@@ -402,10 +417,7 @@ bool
 redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, const int64 *tokens,
 					   const int *keep_ms, int *kept, bool interruptible, RedisError *err)
 {
-	RedisServer *server = redis_primary_server();
 	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
-	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
-	redisReply **replies = palloc0(n * sizeof(redisReply *));
 	LockKeys   *lk = palloc(n * sizeof(LockKeys));
 	char	  (*token_text)[24] = palloc(n * sizeof(*token_text));
 	char	  (*keep_text)[16] = palloc(n * sizeof(*keep_text));
@@ -421,34 +433,12 @@ redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, c
 		args[1] = token_text[i];
 		args[2] = keep_text[i];
 		lock_keys_build(&refs[i], &lk[i]);
-		ids[i] = SCRIPT_VERIFY;
 		redis_script_command(&cmds[i], SCRIPT_VERIFY, &lk[i], 3, args);
 	}
-	ok = redis_run_scripts(server, n, cmds, ids, replies, redislock_command_timeout_ms, interruptible,
-						   err);
-	for (int i = 0; ok && i < n; i++)
-	{
-		if (replies[i]->type == REDIS_REPLY_ERROR)
-		{
-			redis_error_from_reply(server, replies[i], err);
-			ok = false;
-		}
-		else if (!reply_is_integer(replies[i]))
-		{
-			redis_error_malformed(server, "verify script answered with an unexpected shape", err);
-			ok = false;
-		}
-		else
-			kept[i] = replies[i]->integer == 1;
-	}
-	redis_free_replies(n, replies);
-	for (int i = 0; i < n; i++)
-		lock_keys_free(&lk[i]);
+	ok = run_yes_no_scripts(n, SCRIPT_VERIFY, cmds, lk, kept, interruptible, err);
 	pfree(lk);
 	pfree(token_text);
 	pfree(keep_text);
-	pfree(replies);
-	pfree(ids);
 	pfree(cmds);
 	return ok;
 }

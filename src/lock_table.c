@@ -117,20 +117,10 @@ lock_table_count(void)
 int
 lock_table_collect(HeldLock ***locks)
 {
-	HASH_SEQ_STATUS status;
-	HeldLock   *lock;
-	int			n = 0;
-
-	*locks = palloc(Max(lock_table_count(), 1) * sizeof(HeldLock *));
-	if (held_locks == NULL)
-		return 0;
-	hash_seq_init(&status, held_locks);
-	while ((lock = hash_seq_search(&status)) != NULL)
-		(*locks)[n++] = lock;
-	return n;
+	return lock_table_collect_level(-1, locks);
 }
 
-/* The held locks that have a transaction hold taken at nesting level >= level. */
+/* The held locks that have a transaction hold taken at nesting level >= level (-1: all of them). */
 int
 lock_table_collect_level(int level, HeldLock ***locks)
 {
@@ -144,7 +134,7 @@ lock_table_collect_level(int level, HeldLock ***locks)
 	hash_seq_init(&status, held_locks);
 	while ((lock = hash_seq_search(&status)) != NULL)
 	{
-		if (lock->nholds > 0 && lock->hold_levels[lock->nholds - 1] >= level)
+		if (level < 0 || (lock->nholds > 0 && lock->hold_levels[lock->nholds - 1] >= level))
 			(*locks)[n++] = lock;
 	}
 	return n;
