@@ -399,7 +399,9 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 		redis_disconnect(server);
 		return false;
 	}
-	redisEnableKeepAlive(server->ctx);
+	/* TCP keepalive notices a peer that vanished; it does not apply to (and fails on) Unix sockets */
+	if (redislock_host[0] != '/')
+		redisEnableKeepAlive(server->ctx);
 
 	if (!handshake(server, deadline, interruptible, err))
 	{

@@ -75,6 +75,7 @@ sub start
 {
 	my ($self) = @_;
 	system('redis-server', '--port', $self->{port}, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+		'--unixsocket', "$self->{dir}/redis.sock", '--unixsocketperm', '700',
 		'--daemonize', 'yes', '--dir', $self->{dir}, '--pidfile', "$self->{dir}/redis.pid",
 		'--logfile', "$self->{dir}/redis.log", @{ $self->{args} }) == 0
 	  or die "redis-server did not start";

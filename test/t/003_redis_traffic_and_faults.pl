@@ -32,6 +32,12 @@ $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:flushed'); COMMIT;");
 $calls = $redis->client_command_calls;
 is_deeply($calls, { evalsha => 2, eval => 2 }, 'after SCRIPT FLUSH, NOSCRIPT falls back to EVAL transparently');
 
+# --- a Unix socket ------------------------------------------------------------------------------------
+is($node->safe_psql('postgres', "SET redislock.host = '$redis->{dir}/redis.sock'; BEGIN; SELECT redis_try_lock('unix:k'); SELECT held FROM redis_lock_info('unix:k'); COMMIT;"),
+	"t\nt", 'redislock.host starting with / connects through a Unix socket');
+my ($rc0, $out0, $err0) = $node->psql('postgres', "SET redislock.host = '$redis->{dir}/nothing.sock'; SELECT redis_try_lock('unix:k')");
+like($err0, qr/could not connect to Redis at \Q$redis->{dir}\E\/nothing\.sock/, 'a missing socket is named in the error');
+
 # --- Redis dies under a holder and a waiter -------------------------------------------------------
 my $w = $node->background_psql('postgres', on_error_stop => 0);
 $s->query_safe("BEGIN; SELECT redis_wait_lock('down:k');");
