@@ -207,10 +207,13 @@ redis_unlock(PG_FUNCTION_ARGS)
 				 errmsg("you don't own a redis lock on key \"%s\"", key)));
 		PG_RETURN_BOOL(false);
 	}
-	/* as pg_advisory_unlock, a session hold goes first */
+	/*
+	 * As pg_advisory_unlock, a session hold goes first. (A lock may have no hold left when an earlier
+	 * release failed inside an exception block; then this retries the release.)
+	 */
 	if (lock->session_holds > 0)
 		lock->session_holds--;
-	else
+	else if (lock->nholds > 0)
 		lock_table_pop_hold(lock);
 	if (lock->session_holds == 0 && lock->nholds == 0)
 		redislock_release_one(lock);

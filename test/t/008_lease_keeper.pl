@@ -92,6 +92,10 @@ ok(!free_on_b('keep:session'), 'one redis_unlock leaves one hold');
 $h->query_safe("SELECT redis_unlock('keep:session')");
 ok(free_on_b('keep:session'), 'the second releases it');
 
+$h->query_safe("SELECT redis_session_lock('keep:all1'), redis_try_session_lock('keep:all2')");
+is($h->query_safe('SELECT redis_unlock_all()'), '2', 'redis_unlock_all releases session locks');
+ok(free_on_b('keep:all1') && free_on_b('keep:all2'), 'both are free');
+
 $h->query_safe("SELECT redis_session_lock('keep:discard')");
 $h->query_safe('DISCARD ALL');
 ok(free_on_b('keep:discard'), 'DISCARD ALL releases session locks');
