@@ -116,6 +116,7 @@ redislock_keeper_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		registry_publish_keeper_server();
 		old = MemoryContextSwitchTo(loop_cxt);
 		while (renew_batch(items) == KEEPER_BATCH)
 			CHECK_FOR_INTERRUPTS();

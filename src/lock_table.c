@@ -69,7 +69,22 @@ lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start
 	lock->hold_levels = MemoryContextAlloc(TopMemoryContext, lock->holds_cap * sizeof(int));
 	if (!session)
 		lock_table_push_hold(lock);
-	registry_add(lock);
+	PG_TRY();
+	{
+		registry_add(lock);
+	}
+	PG_CATCH();
+	{
+		/*
+		 * The keeper could not take it on (registry full): make it a hold of this (sub)transaction,
+		 * so that the abort releases it in Redis rather than keep a lock nobody renews.
+		 */
+		lock->session_holds = 0;
+		if (lock->nholds == 0)
+			lock_table_push_hold(lock);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	return lock;
 }
 

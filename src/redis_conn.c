@@ -36,7 +36,7 @@ struct RedisServer
 	char		name[MAXPGPATH + 16];	/* "host:port" or socket path, for messages */
 	redisContext *ctx;			/* NULL when not connected */
 	bool		in_flight;		/* a round trip started and did not finish */
-	int			in_flight_replies;	/* how many replies that round trip awaits */
+	int			in_flight_replies;	/* how many replies that round trip awaits; -1 while connecting */
 	bool		in_flight_blocking; /* it was a blocking command (BLPOP) */
 	redisReply **inbox;			/* replies read in the current round trip */
 	int			inbox_len;
@@ -349,6 +349,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 													   redislock_connect_timeout_ms);
 	int			sockerr = 0;
 	socklen_t	len = sizeof(sockerr);
+	MemoryContext oldcxt = CurrentMemoryContext;
 
 	server_set_name(server);
 	if (!AcquireExternalFD())
@@ -377,9 +378,32 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 		return false;
 	}
 
-	/* hiredis started a non-blocking connect; it is done when the socket is writable */
-	create_wait_set(server);
+	/*
+	 * hiredis started a non-blocking connect; it is done when the socket is writable. Until the
+	 * handshake is over the connection counts as in flight and connecting, so that an interrupt or
+	 * an error anywhere in between makes the next call start afresh. Creating the wait set can fail
+	 * (out of file descriptors); in a commit or abort callback that must not become an ERROR.
+	 */
 	server->in_flight = true;
+	server->in_flight_replies = -1;
+	server->in_flight_blocking = false;
+	PG_TRY();
+	{
+		create_wait_set(server);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		redis_disconnect(server);
+		if (interruptible)
+			PG_RE_THROW();
+		FlushErrorState();
+		set_error(err, ERRCODE_INSUFFICIENT_RESOURCES, NULL,
+				  "could not connect to Redis at %s: no file descriptor or memory left to wait with",
+				  server->name);
+		return false;
+	}
+	PG_END_TRY();
 	if (!wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
 	{
 		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
@@ -481,7 +505,8 @@ settle_interrupted(RedisServer *server)
 	RedisError	ignored;
 	int			wait_ms = Min(redislock_command_timeout_ms, 200);
 
-	if (server->ctx == NULL || server->in_flight_blocking)
+	/* cut short while connecting (no AUTH or SELECT yet), or in a BLPOP: start afresh */
+	if (server->ctx == NULL || server->in_flight_replies < 0 || server->in_flight_blocking)
 	{
 		redis_disconnect(server);
 		return;

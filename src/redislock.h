@@ -193,6 +193,7 @@ typedef struct RenewalItem
 extern int	redislock_max_locks;
 extern void registry_install_hooks(void);
 extern bool registry_active(void);
+extern void registry_publish_keeper_server(void);
 extern void registry_add(const HeldLock *lock);
 extern void registry_remove(const char *key);
 extern bool registry_lease(const char *key, TimestampTz *renewed_at, bool *lost);
@@ -206,7 +207,7 @@ extern PGDLLEXPORT void redislock_keeper_main(Datum arg);
 /* xact.c */
 extern void redislock_xact_init(void);
 extern void redislock_install_utility_hook(void);
-extern int	redislock_release_all(bool interruptible);
+extern int	redislock_release_all(bool interruptible, bool note_lost);
 extern void redislock_release_one(HeldLock *lock);
 
 #endif							/* REDISLOCK_H */

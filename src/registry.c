@@ -7,6 +7,10 @@
  * keeper (keeper.c) reads it to renew leases and writes back when it renewed a lease or found a lock
  * lost. One LWLock guards the table; every section under it is short and does no I/O.
  *
+ * The keeper renews on the Redis named by the server-wide settings, and publishes which one here. A
+ * session whose own settings name another Redis (SET, ALTER ROLE/DATABASE … SET) does not enter its
+ * locks: they live for their lease, as without the keeper.
+ *
  * A backend that dies without cleaning up (SIGKILL) takes the postmaster through a crash restart,
  * which wipes shared memory, so the registry never renews the locks of a dead backend for long; the
  * keeper also drops entries whose backend is gone.
@@ -38,8 +42,16 @@ typedef struct RegistryEntry
 	bool		lost;
 } RegistryEntry;
 
+#define SERVER_IDENTITY_LEN (MAXPGPATH + 128)
+
+typedef struct RegistryShared
+{
+	char		keeper_server[SERVER_IDENTITY_LEN];	/* where the keeper renews; "" until it runs */
+} RegistryShared;
+
 int			redislock_max_locks = 4096;
 static HTAB *registry = NULL;
+static RegistryShared *registry_shared = NULL;
 static LWLock *registry_lock = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -49,7 +61,8 @@ registry_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(hash_estimate_size(redislock_max_locks, sizeof(RegistryEntry)));
+	RequestAddinShmemSpace(hash_estimate_size(redislock_max_locks, sizeof(RegistryEntry)) +
+						   MAXALIGN(sizeof(RegistryShared)));
 	RequestNamedLWLockTranche("redislock", 1);
 }
 
@@ -57,6 +70,7 @@ static void
 registry_shmem_startup(void)
 {
 	HASHCTL		info;
+	bool		found;
 
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
@@ -65,6 +79,9 @@ registry_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	registry = ShmemInitHash("redislock registry", redislock_max_locks, redislock_max_locks, &info,
 							 HASH_ELEM | HASH_BLOBS);
+	registry_shared = ShmemInitStruct("redislock keeper", sizeof(RegistryShared), &found);
+	if (!found)
+		registry_shared->keeper_server[0] = '\0';
 	registry_lock = &(GetNamedLWLockTranche("redislock"))->lock;
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -79,11 +96,44 @@ registry_install_hooks(void)
 	shmem_startup_hook = registry_shmem_startup;
 }
 
-/* Whether this server keeps leases alive (redislock was preloaded). */
+/* Which Redis the current settings name: host, port, database and user. */
+static void
+server_identity(char *buf, size_t len)
+{
+	snprintf(buf, len, "%s|%d|%d|%s", redislock_host, redislock_port, redislock_database,
+			 redislock_username);
+}
+
+/* For the keeper: publish the Redis it renews on. */
+void
+registry_publish_keeper_server(void)
+{
+	char		identity[SERVER_IDENTITY_LEN];
+
+	server_identity(identity, sizeof(identity));
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	strlcpy(registry_shared->keeper_server, identity, sizeof(registry_shared->keeper_server));
+	LWLockRelease(registry_lock);
+}
+
+/*
+ * Whether the lease keeper keeps this session's leases alive: redislock was preloaded, and the
+ * session's settings name the Redis the keeper renews on (or the keeper has not said yet).
+ */
 bool
 registry_active(void)
 {
-	return registry != NULL;
+	char		identity[SERVER_IDENTITY_LEN];
+	bool		same;
+
+	if (registry == NULL)
+		return false;
+	server_identity(identity, sizeof(identity));
+	LWLockAcquire(registry_lock, LW_SHARED);
+	same = registry_shared->keeper_server[0] == '\0' ||
+		strcmp(registry_shared->keeper_server, identity) == 0;
+	LWLockRelease(registry_lock);
+	return same;
 }
 
 static void
@@ -102,7 +152,7 @@ registry_add(const HeldLock *lock)
 	RegistryEntry *entry;
 	bool		found;
 
-	if (registry == NULL)
+	if (!registry_active())
 		return;
 	make_tag(&tag, MyProcPid, lock->key);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);

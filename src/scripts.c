@@ -93,7 +93,12 @@ redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScrip
 		redisReply **again = nmissing <= 64 ? reloaded : palloc(nmissing * sizeof(redisReply *));
 		int			j = 0;
 
-		if (!redis_roundtrip(server, nmissing, cmds, again, timeout_ms, interruptible, err))
+		/*
+		 * Not interruptible when some first-round replies are held here: an interrupt thrown now
+		 * would leak them. The retry is bounded by timeout_ms all the same.
+		 */
+		if (!redis_roundtrip(server, nmissing, cmds, again, timeout_ms,
+							 interruptible && nmissing == ncmds, err))
 		{
 			redis_free_replies(ncmds, replies);
 			return false;

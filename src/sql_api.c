@@ -148,7 +148,7 @@ require_keeper(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("session-level redis locks need the redislock lease keeper"),
 				 errdetail("Without it a lock lives only as long as its lease, which a session outlasts."),
-				 errhint("Add redislock to shared_preload_libraries and restart the server.")));
+				 errhint("Add redislock to shared_preload_libraries and restart the server; the session's redislock.host, port, database and username must be the server-wide ones the keeper uses.")));
 }
 
 Datum
@@ -223,7 +223,7 @@ redis_unlock(PG_FUNCTION_ARGS)
 Datum
 redis_unlock_all(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT32(redislock_release_all(true));
+	PG_RETURN_INT32(redislock_release_all(true, true));
 }
 
 Datum

@@ -120,7 +120,6 @@ verify_before_commit(void)
 	int64	   *tokens;
 	int		   *kept;
 	int		   *keeps;
-	int			keep_ms = 0;
 	uint64		epoch = 0;
 	bool		intact = false;
 	RedisError	err;
@@ -162,7 +161,6 @@ verify_before_commit(void)
 		if (expiring || !intact || lock->connection_epoch != epoch)
 		{
 			locks[nnear++] = lock;
-			keep_ms = Max(keep_ms, lock->ttl_ms);
 			nexpiring += expiring ? 1 : 0;
 		}
 	}
@@ -180,7 +178,7 @@ verify_before_commit(void)
 	{
 		refs[i] = lock_ref_of(locks[i]);
 		tokens[i] = locks[i]->token;
-		keeps[i] = keep_ms;
+		keeps[i] = locks[i]->ttl_ms;
 	}
 	if (!redis_lock_verify_many(nnear, refs, NULL, tokens, keeps, kept, true, &err))
 	{
@@ -213,7 +211,6 @@ verify_before_commit(void)
 					 errdetail("Its lease of %d ms ran out, or Redis forgot it, and it cannot be shown that nobody else took it before the transaction ended.",
 							   locks[i]->ttl_ms)));
 		locks[i]->lease_start = now;
-		locks[i]->ttl_ms = keep_ms;
 		locks[i]->connection_epoch = redis_connection_epoch(redis_primary_server());
 	}
 	pfree(kept);
@@ -311,10 +308,12 @@ redislock_xact_init(void)
 }
 
 /*
- * redis_unlock_all(): release every lock now, in one round trip. Returns how many keys were released.
+ * redis_unlock_all(), DISCARD ALL: release every lock now, in one round trip. Returns how many keys
+ * were released. A lock found already lost forbids this transaction's commit when note_lost (not for
+ * DISCARD ALL, which only resets the session).
  */
 int
-redislock_release_all(bool interruptible)
+redislock_release_all(bool interruptible, bool note_lost)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
@@ -330,7 +329,7 @@ redislock_release_all(bool interruptible)
 		redis_raise(&err);
 	for (int i = 0; i < n; i++)
 	{
-		if (!owned[i])
+		if (!owned[i] && note_lost)
 			lock_table_note_lost(locks[i]->key);
 		lock_table_remove(locks[i]);
 	}
@@ -379,7 +378,7 @@ redislock_process_utility(PlannedStmt *pstmt, const char *queryString, bool read
 
 	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL &&
 		lock_table_count() > 0)
-		(void) redislock_release_all(true);
+		(void) redislock_release_all(true, false);
 }
 
 void

@@ -26,7 +26,10 @@ if not owner then
     return {1, grant(holder, ttl, last, now_ms, now_us), ttl}
   end
   if new_owner == holder then
+    -- our own queue entry, left by a wait whose undo never arrived: the lease is the one asked now
     redis.call('DEL', grant_key(holder))
+    redis.call('HSET', lock_key, 'expires', now_ms + ttl)
+    redis.call('PEXPIRE', lock_key, hash_ttl(ttl))
     return {1, token, ttl}
   end
   expires = now_ms + granted_ttl

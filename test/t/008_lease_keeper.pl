@@ -117,6 +117,16 @@ ok($took < 4, sprintf('within about one 2 s lease (%.1f s)', $took));
 eval { $h->quit };
 $a->poll_query_until('postgres', 'SELECT true') or die 'no restart';
 
+# --- a session pointed at another Redis is not the keeper's: its locks live for their lease ----------
+my $other = start_redis();
+my ($rc0, $out0, $err0) = $a->psql('postgres',
+	"SET redislock.port = $other->{port}; SELECT redis_lock_mode(); BEGIN; SELECT redis_wait_lock('keep:other', '1 s') > 0; SELECT pg_sleep(1.5); COMMIT;",
+	on_error_stop => 0);
+like($out0, qr/^lease\n/, 'a session using another Redis is in lease mode');
+is($err0, '', 'its lock, not renewed by the keeper on the wrong Redis, commits (nobody took it)');
+($rc0, $out0, $err0) = $a->psql('postgres', "SET redislock.port = $other->{port}; SELECT redis_session_lock('keep:other')");
+like($err0, qr/need the redislock lease keeper/, 'and it cannot take session locks');
+
 # --- without preload --------------------------------------------------------------------------------
 my ($rc, $out, $err) = $b->psql('postgres', "\\set VERBOSITY verbose\nSELECT redis_session_lock('keep:nopreload')");
 like($err, qr/ERROR:  55000: session-level redis locks need the redislock lease keeper.*HINT:  Add redislock to shared_preload_libraries/s,
