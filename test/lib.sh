@@ -36,9 +36,16 @@ rl_free_port() {
   perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1)->sockport'
 }
 
-# Run a command as the PostgreSQL server's owner: postgres when we are root, else ourselves.
+# Run a command as the PostgreSQL server's owner: postgres when we are root, else ourselves. As
+# postgres it runs from $RL_TMP unless the current directory is readable to postgres (a clone under
+# a private directory is not).
 rl_as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" -ne 0 ]; then "$@"; return; fi
+  if runuser -u postgres -- test -x "$PWD" 2>/dev/null; then
+    runuser -u postgres -- "$@"
+  else
+    (cd "${RL_TMP:-/}" && runuser -u postgres -- "$@")
+  fi
 }
 
 # rl_start_redis: sets REDIS_PORT, starts redis-server without persistence.
