@@ -44,6 +44,19 @@ like($out, qr/^t\n127\.0\.0\.1\nredislock:$/, 'placeholders set by a non-superus
 like($err, qr/permission denied to set parameter "redislock.host"/, 'with a warning');
 is($redis->cli('EXISTS', '{stolen:priv:plain}'), '0', 'and the lock went under the configured prefix');
 
+# a first call cancelled while Redis is stopped (cut short in the connection's handshake), with Redis
+# waking while the abort still waits for its undo: the session goes on authenticated
+my $s = $node->background_psql('postgres', on_error_stop => 0);
+$redis->signal('STOP');
+$s->query_until(qr/sent/, "\\echo sent\nSET redislock.command_timeout = '10s'; SET statement_timeout = '300ms'; SELECT redis_try_lock('priv:cut');\n");
+sleep 1;
+$redis->signal('CONT');
+my $after = $s->query("RESET statement_timeout; SELECT redis_try_lock('priv:cut2');");
+like($s->{stderr}, qr/statement timeout/, 'the first connection, stuck before AUTH, is cancelled');
+unlike($s->{stderr}, qr/refused authentication|NOAUTH/, 'nothing runs on it unauthenticated');
+like($after, qr/^t$/m, 'the next call connects again, with AUTH, and works');
+$s->quit;
+
 # the password appears nowhere in what the server logged
 ($rc, $out, $err) = $node->psql('postgres', "SET redislock.password = 'wrong'; SELECT redis_try_lock('priv:wrong')");
 like($err, qr/refused authentication/, 'a wrong password fails');
