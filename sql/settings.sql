@@ -28,6 +28,8 @@ SELECT held FROM redis_lock_info('set:k');
 RESET redislock.key_prefix;
 SELECT held FROM redis_lock_info('set:k');
 SET LOCAL redislock.key_prefix = 'other:';
+-- the same key name under another prefix while the first is held: refused, not taken as re-entry
+SELECT redis_wait_lock('set:k') > 0;
 COMMIT;
 SELECT held FROM redis_lock_info('set:k');
 

@@ -122,6 +122,13 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	TimestampTz lease_start;
 
 	redislock_xact_init();
+	if (lock != NULL && strcmp(lock->prefix, redislock_key_prefix) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("redis lock \"%s\" is already held under key prefix \"%s\"", key, lock->prefix),
+				 errdetail("redislock.key_prefix is now \"%s\"; one backend holds one lock per key name.",
+						   redislock_key_prefix),
+				 errhint("Release the lock, or set redislock.key_prefix back, before locking this key again.")));
 	if (lock != NULL)
 	{
 		if (session)
