@@ -72,12 +72,6 @@ redis_primary_server(void)
 	return &primary_server;
 }
 
-const char *
-redis_server_name(RedisServer *server)
-{
-	return server->name;
-}
-
 static void
 inbox_clear(RedisServer *server)
 {

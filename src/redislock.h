@@ -91,7 +91,6 @@ extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);
 extern uint64 redis_connection_epoch(RedisServer *server);
 extern bool redis_connection_intact(RedisServer *server, uint64 epoch);
-extern const char *redis_server_name(RedisServer *server);
 extern void redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError *err);
 extern void redis_error_malformed(RedisServer *server, const char *what, RedisError *err);
 extern void redis_raise(const RedisError *err) pg_attribute_noreturn();
