@@ -6,6 +6,7 @@
 EXTENSION = redislock
 MODULE_big = redislock
 OBJS = src/redislock.o src/settings.o src/redis_conn.o src/scripts.o src/lock_ops.o \
+       src/deferred_release.o \
        src/registry.o src/keeper.o \
        src/lock_table.o src/xact.o src/sql_api.o
 DATA = sql/redislock--1.0.sql

@@ -64,12 +64,23 @@ lock_keys_build(const LockRef *ref, LockKeys *keys)
 	keys->waiters_len = len + 2;
 }
 
-static void
+void
 lock_keys_free(LockKeys *keys)
 {
 	pfree(keys->lock);
 	pfree(keys->queue);
 	pfree(keys->waiters);
+}
+
+/*
+ * The connection for a lock operation, once the answers to releases sent without waiting (at the end
+ * of an earlier transaction) have been read: they come first on the stream.
+ */
+static RedisServer *
+server_for_call(bool interruptible)
+{
+	redis_lock_settle_releases(interruptible);
+	return redis_primary_server();
 }
 
 /* How long a queued waiter that stops re-checking is still taken for alive. */
@@ -99,7 +110,7 @@ typedef struct AcquireResult
 static void
 acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, AcquireResult *res)
 {
-	RedisServer *server = redis_primary_server();
+	RedisServer *server = server_for_call(interruptible);
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_ACQUIRE;
@@ -352,7 +363,7 @@ static bool
 run_yes_no_scripts(int n, RedisScriptId id, RedisCommand *cmds, LockKeys *lk, int *answers,
 				   bool interruptible, RedisError *err)
 {
-	RedisServer *server = redis_primary_server();
+	RedisServer *server = server_for_call(interruptible);
 	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
 	redisReply **replies = palloc0(n * sizeof(redisReply *));
 	bool		ok;
@@ -447,7 +458,7 @@ redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, c
 void
 redis_lock_info_fetch(const char *key, LockInfo *info)
 {
-	RedisServer *server = redis_primary_server();
+	RedisServer *server = server_for_call(true);
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_INFO;

@@ -46,6 +46,7 @@ struct RedisServer
 	WaitEventSet *waits;		/* latch, postmaster death and the socket */
 	int			socket_event_pos;
 	int			socket_events;	/* WL_SOCKET_READABLE or WL_SOCKET_WRITEABLE */
+	int			unanswered;		/* replies owed to redis_send_unanswered, not read yet */
 };
 
 static RedisServer primary_server;
@@ -97,6 +98,7 @@ redis_disconnect(RedisServer *server)
 	}
 	server->in_flight = false;
 	server->timed_out_at = 0;
+	server->unanswered = 0;
 }
 
 void
@@ -444,14 +446,16 @@ redis_connection_epoch(RedisServer *server)
 /*
  * Whether the connection of this epoch is still up, as far as the kernel knows, without a round trip:
  * an idle connection has nothing to read, so a readable socket means the server closed it (a restart,
- * CLIENT KILL) or sent something unasked.
+ * CLIENT KILL) or sent something unasked. A connection that owes replies to redis_send_unanswered is
+ * not idle: read them first (redis_read_unanswered).
  */
 bool
 redis_connection_intact(RedisServer *server, uint64 epoch)
 {
 	struct pollfd pfd;
 
-	if (server->ctx == NULL || server->in_flight || server->connections != epoch)
+	if (server->ctx == NULL || server->in_flight || server->unanswered > 0 ||
+		server->connections != epoch)
 		return false;
 	pfd.fd = server->ctx->fd;
 	pfd.events = POLLIN;
@@ -518,6 +522,20 @@ settle_interrupted(RedisServer *server)
 		redis_disconnect(server);
 }
 
+/* A round trip is over: hand its n replies over to the caller. */
+static void
+take_replies(RedisServer *server, int n, redisReply **replies)
+{
+	server->in_flight = false;
+	server->timed_out_at = 0;
+	for (int i = 0; i < n; i++)
+	{
+		replies[i] = server->inbox[i];
+		server->inbox[i] = NULL;
+	}
+	server->inbox_len = 0;
+}
+
 /*
  * Send ncmds commands in one write and read their ncmds replies: one round trip, finished within
  * timeout_ms (connecting first, if needed, within redislock.connect_timeout).
@@ -534,6 +552,21 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 
 	err->sent = false;
 	err->connection_lost = false;
+
+	/*
+	 * Replies owed to redis_send_unanswered come first on the stream. Their sender reads them before
+	 * its next round trip (deferred_release.c); should anyone else get here first, they are dropped
+	 * rather than misread as this round trip's.
+	 */
+	if (server->unanswered > 0 && !server->in_flight)
+	{
+		int			n = server->unanswered;
+		redisReply **late = palloc0(n * sizeof(redisReply *));
+
+		if (redis_read_unanswered(server, late, interruptible, err))
+			redis_free_replies(n, late);
+		pfree(late);
+	}
 	if (server->in_flight && !interruptible && server->timed_out_at == 0)
 		settle_interrupted(server);
 	if (server->in_flight && !interruptible && server->timed_out_at != 0 &&
@@ -570,14 +603,79 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 		redis_disconnect(server);
 		return false;
 	}
-	server->in_flight = false;
-	server->timed_out_at = 0;
-	for (int i = 0; i < ncmds; i++)
+	take_replies(server, ncmds, replies);
+	return true;
+}
+
+/*
+ * Send commands in one write without waiting for their replies: Redis runs them as soon as it reads
+ * them, and the replies wait in the socket until redis_read_unanswered reads them, which must happen
+ * before this connection's next round trip. Only on a connection that is up and idle (or owes replies
+ * of the same kind already); otherwise nothing is sent, err->sent is false, and the caller takes a
+ * round trip instead. Never throws, never waits longer than redislock.command_timeout (and only when the
+ * socket's send buffer is full).
+ */
+bool
+redis_send_unanswered(RedisServer *server, int ncmds, const RedisCommand *cmds, RedisError *err)
+{
+	TimestampTz deadline;
+
+	err->sent = false;
+	err->connection_lost = false;
+	if (server->ctx == NULL || server->in_flight || server->timed_out_at != 0 ||
+		redislock_connection_settings_changed ||
+		(server->unanswered == 0 && !redis_connection_intact(server, server->connections)))
+		return false;
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), redislock_command_timeout_ms);
+	err->sent = true;
+	append_commands(server, ncmds, cmds);
+	if (!flush_output(server, deadline, false, err))
 	{
-		replies[i] = server->inbox[i];
-		server->inbox[i] = NULL;
+		redis_disconnect(server);
+		return false;
 	}
-	server->inbox_len = 0;
+	server->unanswered += ncmds;
+	return true;
+}
+
+/* How many replies the connection owes to redis_send_unanswered. */
+int
+redis_unanswered(RedisServer *server)
+{
+	return server->unanswered;
+}
+
+/*
+ * Read the replies owed to redis_send_unanswered, in the order of the commands, into replies[] (room
+ * for redis_unanswered() of them), within redislock.command_timeout. Usually they arrived long ago
+ * and this is one read(). On failure the connection is closed (or kept as stalled, like a round trip
+ * that timed out) and err says why.
+ */
+bool
+redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible, RedisError *err)
+{
+	int			n = server->unanswered;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   redislock_command_timeout_ms);
+
+	err->sent = true;
+	err->connection_lost = false;
+	Assert(server->ctx != NULL && !server->in_flight);
+	inbox_clear(server);
+	inbox_reserve(server, n);
+	server->unanswered = 0;
+	server->in_flight = true;
+	server->in_flight_replies = n;
+	server->in_flight_blocking = false;
+	if (!read_replies(server, n, deadline, redislock_command_timeout_ms, interruptible, err))
+	{
+		if (server->ctx != NULL && server->ctx->err == 0 && GetCurrentTimestamp() >= deadline)
+			server->timed_out_at = GetCurrentTimestamp();
+		else
+			redis_disconnect(server);
+		return false;
+	}
+	take_replies(server, n, replies);
 	return true;
 }
 

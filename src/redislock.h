@@ -8,6 +8,7 @@
  *	redis_conn.c	Redis connections and their interruptible, time-bounded I/O
  *	scripts.c		the Lua scripts (embedded at build time) and EVALSHA with NOSCRIPT fallback
  *	lock_ops.c		lock operations in Redis: acquire, wait in the FIFO queue, release, verify, info
+ *	deferred_release.c	releases at transaction end sent without waiting, and reading their answers
  *	lock_table.c	this backend's held locks, their hold counts and subtransaction levels
  *	xact.c			transaction, subtransaction and backend-exit integration
  *	sql_api.c		the SQL-callable functions and their argument checks
@@ -87,6 +88,11 @@ extern RedisServer *redis_primary_server(void);
 extern bool redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds,
 							redisReply **replies, int timeout_ms, bool interruptible,
 							RedisError *err);
+extern bool redis_send_unanswered(RedisServer *server, int ncmds, const RedisCommand *cmds,
+								  RedisError *err);
+extern int	redis_unanswered(RedisServer *server);
+extern bool redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible,
+								  RedisError *err);
 extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);
 extern uint64 redis_connection_epoch(RedisServer *server);
@@ -121,6 +127,8 @@ extern void redis_script_command(RedisCommand *cmd, RedisScriptId id, const Lock
 extern bool redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds,
 							  RedisScriptId *ids, redisReply **replies, int timeout_ms,
 							  bool interruptible, RedisError *err);
+extern bool redis_reply_is_noscript(const redisReply *reply);
+extern bool redis_script_known(RedisServer *server, RedisScriptId id);
 
 /* lock_ops.c */
 typedef struct LockInfo
@@ -134,6 +142,7 @@ typedef struct LockInfo
 
 extern const char *redislock_holder_id(void);
 extern void lock_keys_build(const LockRef *ref, LockKeys *keys);
+extern void lock_keys_free(LockKeys *keys);
 extern bool redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampTz *lease_start);
 extern int64 redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start);
 extern bool redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible,
@@ -142,6 +151,10 @@ extern bool redis_lock_verify_many(int n, const LockRef *refs, const char *const
 								   const int64 *tokens, const int *keep_ms, int *kept,
 								   bool interruptible, RedisError *err);
 extern void redis_lock_info_fetch(const char *key, LockInfo *info);
+
+/* deferred_release.c */
+extern bool redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError *err);
+extern void redis_lock_settle_releases(bool interruptible);
 
 /* lock_table.c */
 typedef struct HeldLock

@@ -53,8 +53,45 @@ redis_script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
 	}
 }
 
-static bool
-is_noscript(const redisReply *reply)
+/*
+ * Which scripts Redis has answered on the current connection (so it knows them), as a bit per
+ * RedisScriptId; a new connection starts with none known. A NOSCRIPT answer for a script taken for
+ * known means Redis forgot them all (SCRIPT FLUSH, a restart behind a proxy) and clears the lot; for
+ * one not known yet it says nothing new. A command sent without waiting for its answer can only use a
+ * known script: an unread NOSCRIPT would leave the work undone.
+ */
+static uint64 known_epoch = 0;
+static uint32 known_scripts = 0;
+
+static void
+note_script_answer(RedisServer *server, RedisScriptId id, const redisReply *reply)
+{
+	uint64		epoch = redis_connection_epoch(server);
+
+	if (known_epoch != epoch)
+	{
+		known_epoch = epoch;
+		known_scripts = 0;
+	}
+	if (redis_reply_is_noscript(reply))
+	{
+		if (known_scripts & (1u << id))
+			known_scripts = 0;
+	}
+	else
+		known_scripts |= 1u << id;
+}
+
+/* Whether Redis answered script id on this connection since it last forgot scripts. */
+bool
+redis_script_known(RedisServer *server, RedisScriptId id)
+{
+	return known_epoch == redis_connection_epoch(server) && (known_scripts & (1u << id)) != 0;
+}
+
+/* Whether Redis answered that it does not know the script (it did not run). */
+bool
+redis_reply_is_noscript(const redisReply *reply)
 {
 	return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
 		strncmp(reply->str, "NOSCRIPT", 8) == 0;
@@ -75,7 +112,8 @@ redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScrip
 		return false;
 	for (int i = 0; i < ncmds; i++)
 	{
-		if (is_noscript(replies[i]))
+		note_script_answer(server, ids[i], replies[i]);
+		if (redis_reply_is_noscript(replies[i]))
 		{
 			freeReplyObject(replies[i]);
 			replies[i] = NULL;
@@ -106,7 +144,10 @@ redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScrip
 		for (int i = 0; i < ncmds; i++)
 		{
 			if (replies[i] == NULL)
+			{
 				replies[i] = again[j++];
+				note_script_answer(server, ids[i], replies[i]);
+			}
 		}
 		if (again != reloaded)
 			pfree(again);

@@ -9,11 +9,14 @@
  *	  inside its lease on an intact connection costs nothing here (one poll() of the socket), so an
  *	  uncontended lock cycle is two Redis commands.
  *	- PRE_PREPARE: refuse PREPARE TRANSACTION while holding a lock (0A000).
- *	- COMMIT / ABORT: release every lock, and undo a wait in flight, in one round trip. This runs after
- *	  the commit is visible, with interrupts held: it is time-bounded and failures are WARNINGs (the
+ *	- COMMIT / ABORT: release every lock, and undo a wait in flight, in one write that does not wait
+ *	  for Redis's answer (deferred_release.c reads it before the next command). This runs after the
+ *	  commit is visible, with interrupts held: it is time-bounded and failures are WARNINGs (the
  *	  lease frees the lock).
- *	- ABORT_SUB / COMMIT_SUB: drop the holds a subtransaction took, or hand them to its parent.
- *	- backend exit: release whatever is left, time-bounded.
+ *	- ABORT_SUB / COMMIT_SUB: drop the holds a subtransaction took, or hand them to its parent (the
+ *	  release is sent as at the end of a transaction).
+ *	- backend exit: read what earlier releases answered, then release whatever is left and wait for
+ *	  the answer, time-bounded.
  */
 #include "redislock.h"
 
@@ -36,16 +39,29 @@ commit_margin_ms(const HeldLock *lock)
 /*
  * Release keys at the end of a transaction, subtransaction or backend. Never throws; a failure is a
  * WARNING, and the leases free the locks in Redis. Only after a commit is a lock found already lost
- * worth a WARNING (the first nheld refs are held locks, the rest a wait being undone).
+ * worth a WARNING (the first nheld refs are held locks, the rest a wait being undone). Unless
+ * wait_for_answer, the release is sent without waiting when the connection allows (its answer is
+ * read, and a lost lock reported, before the next command).
  */
 static void
-release_quietly(int n, const LockRef *refs, int nheld, bool committed)
+release_quietly(int n, const LockRef *refs, int nheld, bool committed, bool wait_for_answer)
 {
 	int		   *owned;
 	RedisError	err;
 
 	if (n == 0)
 		return;
+	if (!wait_for_answer)
+	{
+		if (redis_lock_release_unanswered(n, refs, committed ? nheld : 0, &err))
+			return;
+		if (err.sent)
+		{
+			redis_warn(&err, "The redis locks of this transaction stay in Redis until their leases run out.");
+			return;
+		}
+		/* the connection is not ready (none yet, or it broke): a round trip sets it up */
+	}
 	owned = palloc(n * sizeof(int));
 	if (!redis_lock_release_many(n, refs, owned, false, &err))
 	{
@@ -73,7 +89,7 @@ release_quietly(int n, const LockRef *refs, int nheld, bool committed)
  * wait — and forget it.
  */
 static void
-release_everything_quietly(bool committed, bool all_scopes)
+release_everything_quietly(bool committed, bool all_scopes, bool wait_for_answer)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
@@ -87,7 +103,7 @@ release_everything_quietly(bool committed, bool all_scopes)
 			refs[nrel++] = lock_ref_of(locks[i]);
 	}
 	pending = lock_table_pending(&refs[nrel]);
-	release_quietly(nrel + (pending ? 1 : 0), refs, nrel, committed);
+	release_quietly(nrel + (pending ? 1 : 0), refs, nrel, committed, wait_for_answer);
 	pfree(refs);
 	pfree(locks);
 	lock_table_reset_xact(all_scopes);
@@ -133,6 +149,8 @@ verify_before_commit(void)
 	n = lock_table_collect(&locks);
 	if (n > 0)
 	{
+		/* answers owed by an earlier transaction's release come first on the connection */
+		redis_lock_settle_releases(true);
 		epoch = redis_connection_epoch(redis_primary_server());
 		intact = redis_connection_intact(redis_primary_server(), epoch);
 	}
@@ -239,12 +257,12 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			release_everything_quietly(true, false);
+			release_everything_quietly(true, false, false);
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			release_everything_quietly(false, false);
+			release_everything_quietly(false, false, false);
 			break;
 	}
 }
@@ -280,7 +298,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 		}
 		if (pending)
 			refs[nfree] = pending_ref;
-		release_quietly(nfree + (pending ? 1 : 0), refs, nfree, false);
+		release_quietly(nfree + (pending ? 1 : 0), refs, nfree, false, false);
 		for (int i = 0; i < nfree; i++)
 			lock_table_remove(locks[i]);
 		lock_table_clear_pending();
@@ -292,7 +310,8 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 static void
 at_backend_exit(int code, Datum arg)
 {
-	release_everything_quietly(false, true);
+	redis_lock_settle_releases(false);
+	release_everything_quietly(false, true, true);
 	redis_disconnect(redis_primary_server());
 }
 

@@ -32,6 +32,28 @@ $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:flushed'); COMMIT;");
 $calls = $redis->client_command_calls;
 is_deeply($calls, { evalsha => 2, eval => 2 }, 'after SCRIPT FLUSH, NOSCRIPT falls back to EVAL transparently');
 
+# --- the release sent at commit without waiting for its answer -------------------------------------
+# Its answer is read before the session's next command. Scripts flushed between the lock and the
+# commit: the release meets NOSCRIPT, and is run again (EVAL) before that next command.
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:midflush');");
+$redis->cli('SCRIPT', 'FLUSH');
+$s->query_safe('COMMIT');
+ok(wait_until(sub { ($redis->cli('HGET', '{redislock:rt:midflush}', 'owner') // '') ne '' }),
+	'a release sent at commit into a SCRIPT FLUSH did not run (NOSCRIPT) ...');
+$s->query_safe("SELECT held FROM redis_lock_info('rt:other')");
+is($redis->cli('EXISTS', '{redislock:rt:midflush}'), '0', '... and runs again before the next command of that session');
+# a lock that vanished from Redis under its holder (not near the end of its lease, so not checked
+# before commit): the release finds it gone, and says so at the next command
+$s->{stderr} = '';
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:vanished');");
+$redis->cli('DEL', '{redislock:rt:vanished}');
+$s->query('COMMIT');
+is($s->{stderr}, '', 'the COMMIT does not wait to hear about it');
+$s->query("SELECT 1 FROM redis_lock_info('rt:other')");
+like($s->{stderr}, qr/WARNING:  redis lock "rt:vanished" had already been lost when it was released/,
+	'a release that finds its lock gone is a WARNING at the next command');
+$s->{stderr} = '';
+
 # --- a Unix socket ------------------------------------------------------------------------------------
 is($node->safe_psql('postgres', "SET redislock.host = '$redis->{dir}/redis.sock'; BEGIN; SELECT redis_try_lock('unix:k'); SELECT held FROM redis_lock_info('unix:k'); COMMIT;"),
 	"t\nt", 'redislock.host starting with / connects through a Unix socket');
