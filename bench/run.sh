@@ -8,12 +8,15 @@
 #     commands only);
 #   - wake-ups per release with 50 waiters, and CPU used by waiting backends;
 #   - fairness: 200 waiters on one key, their arrival order against their acquisition order.
-# BENCH_SECONDS (default 5) sets the length of each pgbench run.
+# BENCH_SECONDS (default 5) sets the length of each pgbench run; BENCH_ROUNDS (default 3) how many
+# times each run is repeated. The rounds interleave (a), (b) and (c), so that a noisy neighbour or a
+# drifting clock hits them alike, and the table shows the median TPS; latencies pool every round.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../test/lib.sh"
 rl_setup
 cd "$RL_ROOT"
 secs=${BENCH_SECONDS:-5}
+rounds=${BENCH_ROUNDS:-3}
 pgbench=$PG_BIN/pgbench
 work=$RL_TMP/bench
 mkdir -p "$work"
@@ -26,30 +29,37 @@ client_commands() {   # EVALSHA + EVAL + BLPOP calls since the last CONFIG RESET
 }
 
 # --- throughput and latency ---------------------------------------------------------------------
-declare -A tps p50 p99 cmds
-run_pgbench() {   # name clients sql
-  local name=$1 clients=$2 sql=$3 log
+declare -A tps_runs txs commands p50 p99 tps cmds
+run_pgbench() {   # name clients sql round
+  local name=$1 clients=$2 sql=$3 round=$4 done_tx
   printf '%s\n' "$sql" > "$work/$name.sql"
-  rm -f "$work"/log.*
+  mkdir -p "$work/log-$name"
   redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
   # one pgbench thread per client: a thread serving several clients stamps their latencies with one
   # cached clock reading, which makes short transactions read as 0 ms
-  (cd "$work" && "$pgbench" -n -M prepared -c "$clients" -j "$clients" -T "$secs" \
-     -l --log-prefix=log -f "$name.sql" > "$name.out" 2>&1)
-  local done_tx
-  done_tx=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}' "$work/$name.out")
-  tps[$name]=$(awk '/^tps = / {printf "%.0f", $3}' "$work/$name.out")
-  cmds[$name]=$(awk -v c="$(client_commands)" -v n="$done_tx" 'BEGIN {printf "%.2f", n ? c / n : 0}')
-  read -r p50[$name] p99[$name] < <(cat "$work"/log.* | awk '{print $3}' | sort -n |
-    awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000}')
+  (cd "$work/log-$name" && "$pgbench" -n -M prepared -c "$clients" -j "$clients" -T "$secs" \
+     -l --log-prefix="r$round" -f "../$name.sql" > "../$name.$round.out" 2>&1)
+  done_tx=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}' "$work/$name.$round.out")
+  tps_runs[$name]+="$(awk '/^tps = / {printf "%.0f", $3}' "$work/$name.$round.out") "
+  txs[$name]=$(( ${txs[$name]:-0} + done_tx ))
+  commands[$name]=$(( ${commands[$name]:-0} + $(client_commands) ))
 }
-for c in 1 8 64; do
-  run_pgbench "none-$c" "$c" 'BEGIN; COMMIT;'
-  for mode in uncontended contended; do
-    if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
-    run_pgbench "advisory-$mode-$c" "$c" "BEGIN; SELECT pg_advisory_xact_lock($key); COMMIT;"
-    run_pgbench "redis-$mode-$c" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;"
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : 0}'; }
+for round in $(seq 1 "$rounds"); do
+  for c in 1 8 64; do
+    run_pgbench "none-$c" "$c" 'BEGIN; COMMIT;' "$round"
+    for mode in uncontended contended; do
+      if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
+      run_pgbench "advisory-$mode-$c" "$c" "BEGIN; SELECT pg_advisory_xact_lock($key); COMMIT;" "$round"
+      run_pgbench "redis-$mode-$c" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" "$round"
+    done
   done
+done
+for name in "${!tps_runs[@]}"; do
+  tps[$name]=$(echo "${tps_runs[$name]}" | median)
+  cmds[$name]=$(awk -v c="${commands[$name]}" -v n="${txs[$name]}" 'BEGIN {printf "%.2f", n ? c / n : 0}')
+  read -r p50[$name] p99[$name] < <(cat "$work/log-$name"/r* | awk '{print $3}' | sort -n |
+    awk '{v[NR] = $1} END {printf "%.2f %.2f\n", v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000}')
 done
 
 # --- wake-ups per release with 50 waiters, CPU of waiting backends ------------------------------
@@ -106,12 +116,16 @@ inversions=$(awk 'NR == FNR {rank[$1] = FNR; next} {r = rank[$1]; if (r < last) 
 
 # --- report ---------------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf (b > 0 ? "%.2f" : "-"), a / b}'; }
+round_ratios() {   # the (c)/(b) ratio of each round, for one case
+  paste -d' ' <(echo "${tps_runs[redis-$1]}" | tr ' ' '\n' | grep .) <(echo "${tps_runs[advisory-$1]}" | tr ' ' '\n' | grep .) |
+    awk '{printf "%s%.2f", (NR > 1 ? " " : ""), $1 / $2}'
+}
 {
   echo "# redislock benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr);" \
        "PostgreSQL $(q 'SHOW server_version' | cut -d' ' -f1), Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/');" \
-       "pgbench -M prepared, ${secs} s per run, loopback."
+       "pgbench -M prepared, ${secs} s per run, median of $rounds interleaved rounds, loopback."
   echo
   echo "| clients | lock | (a) none TPS | (b) advisory TPS | (c) redislock TPS | (c)/(b) | (b) p50 / p99 ms | (c) p50 / p99 ms | Redis cmds per tx |"
   echo "|---|---|---|---|---|---|---|---|---|"
@@ -122,6 +136,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf (b > 0 ? "%.2f" : "-"), a / b}'
     done
   done
   echo
+  echo "- (c)/(b) at 8 clients in each round: uncontended $(round_ratios uncontended-8), contended $(round_ratios contended-8)"
   echo "- Redis commands per uncontended lock cycle (8 clients): ${cmds[redis-uncontended-8]} (target 2)"
   echo "- Redis commands per contended transaction, i.e. per handoff (8 clients): ${cmds[redis-contended-8]} (target ≤ 3)"
   echo "- Waiting backends woken by one release with $waiters waiters: $woken (target 1)"

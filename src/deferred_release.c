@@ -2,17 +2,21 @@
  * deferred_release.c
  *		Releases at the end of a transaction, sent without waiting for Redis's answers.
  *
- * COMMIT and ROLLBACK release their locks with one write and go on without waiting for the replies.
- * Redis runs the release as soon as it reads it, whether or not anyone listens, so the lock is free
- * just as early; what the wait would cost is the committing backend's sleep and wake-up, about a fifth
- * of an uncontended lock cycle on a loaded machine (see bench/results.md).
+ * COMMIT and ROLLBACK (and ROLLBACK TO SAVEPOINT) release their locks with one write and go on without
+ * waiting for the replies. Redis runs the release as soon as it reads it, whether or not anyone
+ * listens, so the lock is free just as early; what the wait would cost is the committing backend's
+ * sleep and wake-up, about a fifth of an uncontended lock cycle on a busy machine (bench/results.md).
  *
- * The replies are read before this backend's next command on that connection: every lock operation
- * and the check before commit call redis_lock_settle_releases first (so nothing is read out of
- * order), and so does backend exit. There they are judged as a waited-for release would be: a lock
- * found already lost is a WARNING, a release that met a script Redis had forgotten (NOSCRIPT, after
- * SCRIPT FLUSH) is run again with its text, and a connection that broke meanwhile is a WARNING (the
- * leases free the locks).
+ * The release goes as EVAL with the script's whole text, never EVALSHA: a NOSCRIPT answer (after
+ * SCRIPT FLUSH) that nobody reads would leave the lock held, and the backend may never make another
+ * call to read it.
+ *
+ * The replies are read before anything else is sent on that connection: every lock operation, the
+ * check before commit, the next such release, DISCARD ALL and backend exit call
+ * redis_lock_settle_releases first. That read is not interruptible (it is bounded by
+ * redislock.command_timeout, and the replies are normally there long before): what it finds must not
+ * be lost to a cancel. A lock found already lost is a WARNING then; so is a connection that broke
+ * before the replies could be read (the leases free the locks).
  */
 #include "redislock.h"
 
@@ -24,6 +28,10 @@ static int	deferred_cap = 0;
 static LockRef *deferred_refs = NULL;	/* copies, in deferred_cxt */
 static bool *deferred_held = NULL;	/* a held lock, not the undo of a wait */
 
+/*
+ * Copy refs[0..n-1] after the ndeferred releases already owed; they count only once sent. Called
+ * before sending, so that running out of memory here cannot leave a sent release unaccounted for.
+ */
 static void
 remember(int n, const LockRef *refs, int nheld)
 {
@@ -52,51 +60,43 @@ remember(int n, const LockRef *refs, int nheld)
 	}
 	for (int i = 0; i < n; i++)
 	{
-		deferred_refs[ndeferred].prefix = pstrdup(refs[i].prefix);
-		deferred_refs[ndeferred].key = pstrdup(refs[i].key);
-		deferred_held[ndeferred] = i < nheld;
-		ndeferred++;
+		deferred_refs[ndeferred + i].prefix = pstrdup(refs[i].prefix);
+		deferred_refs[ndeferred + i].key = pstrdup(refs[i].key);
+		deferred_held[ndeferred + i] = i < nheld;
 	}
 	MemoryContextSwitchTo(oldcxt);
 }
 
 /*
- * Send the release of refs[0..n-1] (the first nheld held locks, the rest a wait being undone) without
- * waiting for the answer. Returns false when it was not sent: err->sent false means the connection was
- * not ready (the caller releases with a round trip instead); true means the write failed.
+ * Send the release of refs[0..n-1] (the first nheld held locks whose loss is worth a WARNING, the rest
+ * locks not worth one or a wait being undone) without waiting for the answer. Returns false when it
+ * was not sent: err->sent false means the connection was not ready (none yet, broken, or busy), true
+ * that the write failed; either way the caller can still release with a round trip. Never throws
+ * (short of running out of memory).
  */
 bool
 redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError *err)
 {
-	RedisServer *server = redis_primary_server();
+	RedisServer *server;
 	RedisCommand *cmds;
 	LockKeys   *lk;
 	const char *args[1] = {redislock_holder_id()};
 	bool		sent;
 
-	err->sent = false;
-	/* replies still owed to a connection we no longer have are nobody's to read */
-	if (redis_unanswered(server) != ndeferred)
-		ndeferred = 0;
-
-	/*
-	 * Only when Redis has shown it knows the release script on this connection: a NOSCRIPT answer
-	 * that nobody reads until this backend's next call (maybe never) would leave the locks held until
-	 * their leases end. The first release on a connection, and the first after Redis forgot its
-	 * scripts, waits for its answer (and loads the script).
-	 */
-	if (!redis_script_known(server, SCRIPT_RELEASE))
-		return false;
+	/* what earlier releases answered, first: a connection that owes nothing can be checked */
+	redis_lock_settle_releases();
+	server = redis_primary_server();
+	remember(n, refs, nheld);
 	cmds = palloc(n * sizeof(RedisCommand));
 	lk = palloc(n * sizeof(LockKeys));
 	for (int i = 0; i < n; i++)
 	{
 		lock_keys_build(&refs[i], &lk[i]);
-		redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
+		redis_script_command_whole(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
 	}
 	sent = redis_send_unanswered(server, n, cmds, err);
 	if (sent)
-		remember(n, refs, nheld);
+		ndeferred += n;
 	for (int i = 0; i < n; i++)
 		lock_keys_free(&lk[i]);
 	pfree(lk);
@@ -115,31 +115,36 @@ warn_lost(const char *key)
 
 /*
  * Read and judge the answers to releases sent by redis_lock_release_unanswered, if any are owed.
- * Throws only when interruptible (a cancel while Redis is slow to answer).
+ * Not interruptible; bounded by redislock.command_timeout. Never throws (short of running out of
+ * memory): what goes wrong is a WARNING.
  */
 void
-redis_lock_settle_releases(bool interruptible)
+redis_lock_settle_releases(void)
 {
 	RedisServer *server;
 	int			n = ndeferred;
-	LockRef    *refs = deferred_refs;
-	bool	   *held = deferred_held;
 	redisReply **replies;
-	int		   *verdict;			/* 1 released, 0 already lost, -1 run again, -2 error */
+	int		   *verdict;			/* 1 released, 0 already lost, -1 an error */
 	char	  **errors;
-	int			nagain = 0;
 	RedisError	err;
 
 	if (n == 0)
 		return;
-	server = redis_primary_server();
-	/* an interrupt thrown while reading must not bring these back: the connection forgets them too */
+	/* the connection they were sent on, even if the settings moved on since: read it before it goes */
+	server = redis_primary_server_as_is();
 	ndeferred = 0;
 	if (redis_unanswered(server) != n)
-		return;					/* the connection was closed (settings changed): replies are gone */
+	{
+		/* closed before they were read (an error path): whether they ran is unknown */
+		ereport(WARNING,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not learn whether redis locks released at the end of an earlier transaction were released"),
+				 errdetail("The connection to Redis was closed before Redis answered; their leases free them if not.")));
+		return;
+	}
 
 	replies = palloc0(n * sizeof(redisReply *));
-	if (!redis_read_unanswered(server, replies, interruptible, &err))
+	if (!redis_read_unanswered(server, replies, false, &err))
 	{
 		pfree(replies);
 		redis_warn(&err, "Redis locks released at the end of an earlier transaction may stay in Redis until their leases run out.");
@@ -151,19 +156,14 @@ redis_lock_settle_releases(bool interruptible)
 	{
 		redisReply *r = replies[i];
 
-		if (redis_reply_is_noscript(r))
-			verdict[i] = -1;
-		else if (r->type == REDIS_REPLY_ERROR)
-		{
-			verdict[i] = -2;
-			errors[i] = pnstrdup(r->str, Min(r->len, 300));
-		}
-		else if (r->type == REDIS_REPLY_INTEGER)
+		if (r->type == REDIS_REPLY_INTEGER)
 			verdict[i] = r->integer == 1 ? 1 : 0;
 		else
 		{
-			verdict[i] = -2;
-			errors[i] = pstrdup("a release script answered with an unexpected shape");
+			verdict[i] = -1;
+			errors[i] = r->type == REDIS_REPLY_ERROR ?
+				pnstrdup(r->str, Min(r->len, 300)) :
+				pstrdup("a release script answered with an unexpected shape");
 		}
 	}
 	redis_free_replies(n, replies);
@@ -172,34 +172,13 @@ redis_lock_settle_releases(bool interruptible)
 	for (int i = 0; i < n; i++)
 	{
 		if (verdict[i] == -1)
-		{
-			/* compacts in place: i >= nagain */
-			refs[nagain] = refs[i];
-			held[nagain++] = held[i];
-		}
-		else if (verdict[i] == -2)
 			ereport(WARNING,
 					(errcode(ERRCODE_CONNECTION_EXCEPTION),
-					 errmsg("could not release redis lock \"%s\": Redis answered: %s", refs[i].key, errors[i]),
+					 errmsg("could not release redis lock \"%s\": Redis answered: %s",
+							deferred_refs[i].key, errors[i]),
 					 errdetail("It was released at the end of an earlier transaction; its lease frees it.")));
-		else if (verdict[i] == 0 && held[i])
-			warn_lost(refs[i].key);
-	}
-	if (nagain > 0)
-	{
-		int		   *owned = palloc(nagain * sizeof(int));
-
-		if (!redis_lock_release_many(nagain, refs, owned, interruptible, &err))
-			redis_warn(&err, "Redis locks released at the end of an earlier transaction may stay in Redis until their leases run out.");
-		else
-		{
-			for (int i = 0; i < nagain; i++)
-			{
-				if (!owned[i] && held[i])
-					warn_lost(refs[i].key);
-			}
-		}
-		pfree(owned);
+		else if (verdict[i] == 0 && deferred_held[i])
+			warn_lost(deferred_refs[i].key);
 	}
 	pfree(verdict);
 	pfree(errors);

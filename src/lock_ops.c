@@ -77,9 +77,9 @@ lock_keys_free(LockKeys *keys)
  * of an earlier transaction) have been read: they come first on the stream.
  */
 static RedisServer *
-server_for_call(bool interruptible)
+server_for_call(void)
 {
-	redis_lock_settle_releases(interruptible);
+	redis_lock_settle_releases();
 	return redis_primary_server();
 }
 
@@ -110,7 +110,7 @@ typedef struct AcquireResult
 static void
 acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, AcquireResult *res)
 {
-	RedisServer *server = server_for_call(interruptible);
+	RedisServer *server = server_for_call();
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_ACQUIRE;
@@ -363,7 +363,7 @@ static bool
 run_yes_no_scripts(int n, RedisScriptId id, RedisCommand *cmds, LockKeys *lk, int *answers,
 				   bool interruptible, RedisError *err)
 {
-	RedisServer *server = server_for_call(interruptible);
+	RedisServer *server = server_for_call();
 	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
 	redisReply **replies = palloc0(n * sizeof(redisReply *));
 	bool		ok;
@@ -458,7 +458,7 @@ redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, c
 void
 redis_lock_info_fetch(const char *key, LockInfo *info)
 {
-	RedisServer *server = server_for_call(true);
+	RedisServer *server = server_for_call();
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_INFO;

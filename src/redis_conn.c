@@ -60,6 +60,16 @@ server_set_name(RedisServer *server)
 		snprintf(server->name, sizeof(server->name), "%s:%d", redislock_host, redislock_port);
 }
 
+/*
+ * The primary server's connection as it is, even when the connection settings changed since it was
+ * made: only to read what it still owes (redis_read_unanswered) before it is replaced.
+ */
+RedisServer *
+redis_primary_server_as_is(void)
+{
+	return &primary_server;
+}
+
 RedisServer *
 redis_primary_server(void)
 {
@@ -556,7 +566,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	/*
 	 * Replies owed to redis_send_unanswered come first on the stream. Their sender reads them before
 	 * its next round trip (deferred_release.c); should anyone else get here first, they are dropped
-	 * rather than misread as this round trip's.
+	 * rather than misread as this round trip's (the commands ran all the same).
 	 */
 	if (server->unanswered > 0 && !server->in_flight)
 	{
@@ -566,6 +576,8 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 		if (redis_read_unanswered(server, late, interruptible, err))
 			redis_free_replies(n, late);
 		pfree(late);
+		err->sent = false;
+		err->connection_lost = false;
 	}
 	if (server->in_flight && !interruptible && server->timed_out_at == 0)
 		settle_interrupted(server);

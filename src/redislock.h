@@ -85,6 +85,7 @@ typedef struct RedisError
 typedef struct RedisServer RedisServer;
 
 extern RedisServer *redis_primary_server(void);
+extern RedisServer *redis_primary_server_as_is(void);
 extern bool redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds,
 							redisReply **replies, int timeout_ms, bool interruptible,
 							RedisError *err);
@@ -127,8 +128,8 @@ extern void redis_script_command(RedisCommand *cmd, RedisScriptId id, const Lock
 extern bool redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds,
 							  RedisScriptId *ids, redisReply **replies, int timeout_ms,
 							  bool interruptible, RedisError *err);
-extern bool redis_reply_is_noscript(const redisReply *reply);
-extern bool redis_script_known(RedisServer *server, RedisScriptId id);
+extern void redis_script_command_whole(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
+									   int nargs, const char *const *args);
 
 /* lock_ops.c */
 typedef struct LockInfo
@@ -154,7 +155,7 @@ extern void redis_lock_info_fetch(const char *key, LockInfo *info);
 
 /* deferred_release.c */
 extern bool redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError *err);
-extern void redis_lock_settle_releases(bool interruptible);
+extern void redis_lock_settle_releases(void);
 
 /* lock_table.c */
 typedef struct HeldLock

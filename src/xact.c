@@ -51,17 +51,13 @@ release_quietly(int n, const LockRef *refs, int nheld, bool committed, bool wait
 
 	if (n == 0)
 		return;
-	if (!wait_for_answer)
-	{
-		if (redis_lock_release_unanswered(n, refs, committed ? nheld : 0, &err))
-			return;
-		if (err.sent)
-		{
-			redis_warn(&err, "The redis locks of this transaction stay in Redis until their leases run out.");
-			return;
-		}
-		/* the connection is not ready (none yet, or it broke): a round trip sets it up */
-	}
+	/*
+	 * Not waiting when the connection is ready. When it is not (none yet, broken, busy with a call
+	 * that was cut short), or the write failed, a round trip sets up a new one; releasing twice is
+	 * harmless, the release script only acts for our holder id.
+	 */
+	if (!wait_for_answer && redis_lock_release_unanswered(n, refs, committed ? nheld : 0, &err))
+		return;
 	owned = palloc(n * sizeof(int));
 	if (!redis_lock_release_many(n, refs, owned, false, &err))
 	{
@@ -150,7 +146,7 @@ verify_before_commit(void)
 	if (n > 0)
 	{
 		/* answers owed by an earlier transaction's release come first on the connection */
-		redis_lock_settle_releases(true);
+		redis_lock_settle_releases();
 		epoch = redis_connection_epoch(redis_primary_server());
 		intact = redis_connection_intact(redis_primary_server(), epoch);
 	}
@@ -310,7 +306,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 static void
 at_backend_exit(int code, Datum arg)
 {
-	redis_lock_settle_releases(false);
+	redis_lock_settle_releases();
 	release_everything_quietly(false, true, true);
 	redis_disconnect(redis_primary_server());
 }
@@ -381,7 +377,9 @@ redislock_release_one(HeldLock *lock)
 
 /*
  * DISCARD ALL releases session locks, as it releases PostgreSQL's session-level advisory locks. It
- * cannot run inside a transaction block, so only session locks are left to release.
+ * cannot run inside a transaction block, so only session locks are left to release. It also reads what
+ * the last transaction's releases answered, so that their WARNINGs reach this client, not the next
+ * one of a pooled connection.
  */
 static void
 redislock_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -395,9 +393,13 @@ redislock_process_utility(PlannedStmt *pstmt, const char *queryString, bool read
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 
-	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL &&
-		lock_table_count() > 0)
-		(void) redislock_release_all(true, false);
+	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL)
+	{
+		/* what the last transaction's releases answered belongs to this session, not the next */
+		redis_lock_settle_releases();
+		if (lock_table_count() > 0)
+			(void) redislock_release_all(true, false);
+	}
 }
 
 void

@@ -19,29 +19,27 @@ $s->query_safe("SELECT redis_try_lock('warm-up')");    # connect and load the sc
 $redis->cli('CONFIG', 'RESETSTAT');
 $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:one'); COMMIT;");
 my $calls = $redis->client_command_calls;
-is_deeply($calls, { evalsha => 2 }, 'an uncontended BEGIN; lock; COMMIT sends 2 commands: acquire and release');
+is_deeply($calls, { evalsha => 1, eval => 1 },
+	'an uncontended BEGIN; lock; COMMIT sends 2 commands: acquire, and release (sent whole at commit)');
 
 $redis->cli('CONFIG', 'RESETSTAT');
 $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:' || i) FROM generate_series(1, 5) i; SELECT redis_wait_lock('rt:1'); COMMIT;");
 $calls = $redis->client_command_calls;
-is_deeply($calls, { evalsha => 10 }, 'five locks (one re-entered) cost 5 acquires and 5 releases, pipelined at commit');
+is_deeply($calls, { evalsha => 5, eval => 5 }, 'five locks (one re-entered) cost 5 acquires and 5 releases, pipelined at commit');
 
 $redis->cli('SCRIPT', 'FLUSH');
 $redis->cli('CONFIG', 'RESETSTAT');
 $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:flushed'); COMMIT;");
 $calls = $redis->client_command_calls;
-is_deeply($calls, { evalsha => 2, eval => 2 }, 'after SCRIPT FLUSH, NOSCRIPT falls back to EVAL transparently');
+is_deeply($calls, { evalsha => 1, eval => 2 }, 'after SCRIPT FLUSH, NOSCRIPT falls back to EVAL transparently');
 
 # --- the release sent at commit without waiting for its answer -------------------------------------
-# Its answer is read before the session's next command. Scripts flushed between the lock and the
-# commit: the release meets NOSCRIPT, and is run again (EVAL) before that next command.
+# It goes whole (EVAL), so scripts flushed between the lock and the commit cannot stop it.
 $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:midflush');");
 $redis->cli('SCRIPT', 'FLUSH');
 $s->query_safe('COMMIT');
-ok(wait_until(sub { ($redis->cli('HGET', '{redislock:rt:midflush}', 'owner') // '') ne '' }),
-	'a release sent at commit into a SCRIPT FLUSH did not run (NOSCRIPT) ...');
-$s->query_safe("SELECT held FROM redis_lock_info('rt:other')");
-is($redis->cli('EXISTS', '{redislock:rt:midflush}'), '0', '... and runs again before the next command of that session');
+ok(wait_until(sub { $redis->cli('EXISTS', '{redislock:rt:midflush}') eq '0' }),
+	'a release sent at commit right after a SCRIPT FLUSH runs all the same');
 # a lock that vanished from Redis under its holder (not near the end of its lease, so not checked
 # before commit): the release finds it gone, and says so at the next command
 $s->{stderr} = '';
@@ -52,6 +50,21 @@ is($s->{stderr}, '', 'the COMMIT does not wait to hear about it');
 $s->query("SELECT 1 FROM redis_lock_info('rt:other')");
 like($s->{stderr}, qr/WARNING:  redis lock "rt:vanished" had already been lost when it was released/,
 	'a release that finds its lock gone is a WARNING at the next command');
+$s->{stderr} = '';
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:vanished2');");
+$redis->cli('DEL', '{redislock:rt:vanished2}');
+$s->query('COMMIT');
+$s->query('DISCARD ALL');
+like($s->{stderr}, qr/WARNING:  redis lock "rt:vanished2" had already been lost/,
+	'DISCARD ALL reads what the last release answered (the WARNING stays with this client)');
+$s->{stderr} = '';
+# a release sent without waiting leaves the connection owing an answer; a later release must still
+# notice that Redis closed the connection meanwhile, and release on a new one
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:a'); SAVEPOINT p; SELECT redis_wait_lock('rt:b'); ROLLBACK TO p;");
+$redis->cli('CLIENT', 'KILL', 'TYPE', 'normal');
+$s->query('ROLLBACK');
+ok(wait_until(sub { $redis->cli('EXISTS', '{redislock:rt:a}') eq '0' && $redis->cli('EXISTS', '{redislock:rt:b}') eq '0' }, 3),
+	'a ROLLBACK after ROLLBACK TO SAVEPOINT and a killed connection releases at once');
 $s->{stderr} = '';
 
 # --- a Unix socket ------------------------------------------------------------------------------------
