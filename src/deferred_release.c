@@ -7,9 +7,12 @@
  * listens, so the lock is free just as early; what the wait would cost is the committing backend's
  * sleep and wake-up, about a fifth of an uncontended lock cycle on a busy machine (bench/results.md).
  *
- * The release goes as EVAL with the script's whole text, never EVALSHA: a NOSCRIPT answer (after
- * SCRIPT FLUSH) that nobody reads would leave the lock held, and the backend may never make another
- * call to read it.
+ * The release goes by EVALSHA, and only once Redis has answered the release script on this connection
+ * (scripts.c keeps track); the first release on a connection, or the first after Redis showed it had
+ * forgotten its scripts, waits for its answer. Sending the whole script (EVAL) instead would survive a
+ * SCRIPT FLUSH between the lock and the commit, but costs Redis a SHA1 of 2 kB per release, about a
+ * tenth of an uncontended cycle's throughput; so after such a flush the release meets NOSCRIPT, and is
+ * run again (EVAL) at this backend's next Redis command, or its lease frees the lock.
  *
  * The replies are read before anything else is sent on that connection: every lock operation, the
  * check before commit, the next such release, DISCARD ALL and backend exit call
@@ -86,13 +89,16 @@ redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError 
 	/* what earlier releases answered, first: a connection that owes nothing can be checked */
 	redis_lock_settle_releases();
 	server = redis_primary_server();
+	err->sent = false;
+	if (!redis_script_known(server, SCRIPT_RELEASE))
+		return false;
 	remember(n, refs, nheld);
 	cmds = palloc(n * sizeof(RedisCommand));
 	lk = palloc(n * sizeof(LockKeys));
 	for (int i = 0; i < n; i++)
 	{
 		lock_keys_build(&refs[i], &lk[i]);
-		redis_script_command_whole(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
+		redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
 	}
 	sent = redis_send_unanswered(server, n, cmds, err);
 	if (sent)
@@ -114,18 +120,21 @@ warn_lost(const char *key)
 }
 
 /*
- * Read and judge the answers to releases sent by redis_lock_release_unanswered, if any are owed.
- * Not interruptible; bounded by redislock.command_timeout. Never throws (short of running out of
- * memory): what goes wrong is a WARNING.
+ * Read and judge the answers to releases sent by redis_lock_release_unanswered, if any are owed, and
+ * run again those that met NOSCRIPT. Not interruptible; bounded by redislock.command_timeout (twice,
+ * with a NOSCRIPT). Never throws (short of running out of memory): what goes wrong is a WARNING.
  */
 void
 redis_lock_settle_releases(void)
 {
 	RedisServer *server;
 	int			n = ndeferred;
+	LockRef    *refs = deferred_refs;
+	bool	   *held = deferred_held;
 	redisReply **replies;
-	int		   *verdict;			/* 1 released, 0 already lost, -1 an error */
+	int		   *verdict;			/* 1 released, 0 already lost, -1 an error, -2 NOSCRIPT */
 	char	  **errors;
+	int			nagain = 0;
 	RedisError	err;
 
 	if (n == 0)
@@ -156,7 +165,9 @@ redis_lock_settle_releases(void)
 	{
 		redisReply *r = replies[i];
 
-		if (r->type == REDIS_REPLY_INTEGER)
+		if (redis_reply_is_noscript(r))
+			verdict[i] = -2;
+		else if (r->type == REDIS_REPLY_INTEGER)
 			verdict[i] = r->integer == 1 ? 1 : 0;
 		else
 		{
@@ -171,14 +182,36 @@ redis_lock_settle_releases(void)
 
 	for (int i = 0; i < n; i++)
 	{
-		if (verdict[i] == -1)
+		if (verdict[i] == -2)
+		{
+			/* not run: again, with the script's text; compacts in place (i >= nagain) */
+			refs[nagain] = refs[i];
+			held[nagain++] = held[i];
+		}
+		else if (verdict[i] == -1)
 			ereport(WARNING,
 					(errcode(ERRCODE_CONNECTION_EXCEPTION),
 					 errmsg("could not release redis lock \"%s\": Redis answered: %s",
-							deferred_refs[i].key, errors[i]),
+							refs[i].key, errors[i]),
 					 errdetail("It was released at the end of an earlier transaction; its lease frees it.")));
-		else if (verdict[i] == 0 && deferred_held[i])
-			warn_lost(deferred_refs[i].key);
+		else if (verdict[i] == 0 && held[i])
+			warn_lost(refs[i].key);
+	}
+	if (nagain > 0)
+	{
+		int		   *owned = palloc(nagain * sizeof(int));
+
+		if (!redis_lock_release_many(nagain, refs, owned, false, &err))
+			redis_warn(&err, "Redis locks released at the end of an earlier transaction may stay in Redis until their leases run out.");
+		else
+		{
+			for (int i = 0; i < nagain; i++)
+			{
+				if (!owned[i] && held[i])
+					warn_lost(refs[i].key);
+			}
+		}
+		pfree(owned);
 	}
 	pfree(verdict);
 	pfree(errors);

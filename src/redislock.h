@@ -128,8 +128,8 @@ extern void redis_script_command(RedisCommand *cmd, RedisScriptId id, const Lock
 extern bool redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds,
 							  RedisScriptId *ids, redisReply **replies, int timeout_ms,
 							  bool interruptible, RedisError *err);
-extern void redis_script_command_whole(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
-									   int nargs, const char *const *args);
+extern bool redis_reply_is_noscript(const redisReply *reply);
+extern bool redis_script_known(RedisServer *server, RedisScriptId id);
 
 /* lock_ops.c */
 typedef struct LockInfo

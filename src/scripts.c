@@ -54,22 +54,44 @@ redis_script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
 }
 
 /*
- * The same command with the script's whole text (EVAL): it cannot meet NOSCRIPT, for a command whose
- * answer nobody waits for. Costs Redis a SHA1 of the (comment-free, about 2 kB) text.
+ * Which scripts Redis has answered on the current connection (so it knows them), as a bit per
+ * RedisScriptId; a new connection starts with none known. A NOSCRIPT answer for a script taken for
+ * known means Redis forgot them all (SCRIPT FLUSH, a restart behind a proxy) and clears the lot; for
+ * one not known yet it says nothing new. A command sent without waiting for its answer can only use a
+ * known script: an unread NOSCRIPT would leave the work undone.
  */
-void
-redis_script_command_whole(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
-						   int nargs, const char *const *args)
+static uint64 known_epoch = 0;
+static uint32 known_scripts = 0;
+
+static void
+note_script_answer(RedisServer *server, RedisScriptId id, const redisReply *reply)
 {
-	redis_script_command(cmd, id, keys, nargs, args);
-	cmd->argv[0] = "EVAL";
-	cmd->argvlen[0] = 4;
-	cmd->argv[1] = scripts[id].text;
-	cmd->argvlen[1] = scripts[id].text_len;
+	uint64		epoch = redis_connection_epoch(server);
+
+	if (known_epoch != epoch)
+	{
+		known_epoch = epoch;
+		known_scripts = 0;
+	}
+	if (redis_reply_is_noscript(reply))
+	{
+		if (known_scripts & (1u << id))
+			known_scripts = 0;
+	}
+	else if (reply->type != REDIS_REPLY_ERROR)
+		known_scripts |= 1u << id;	/* not an error Redis may give before it looks (BUSY, LOADING) */
 }
 
-static bool
-is_noscript(const redisReply *reply)
+/* Whether Redis answered script id on this connection since it last forgot scripts. */
+bool
+redis_script_known(RedisServer *server, RedisScriptId id)
+{
+	return known_epoch == redis_connection_epoch(server) && (known_scripts & (1u << id)) != 0;
+}
+
+/* Whether Redis answered that it does not know the script (it did not run). */
+bool
+redis_reply_is_noscript(const redisReply *reply)
 {
 	return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
 		strncmp(reply->str, "NOSCRIPT", 8) == 0;
@@ -90,7 +112,8 @@ redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScrip
 		return false;
 	for (int i = 0; i < ncmds; i++)
 	{
-		if (is_noscript(replies[i]))
+		note_script_answer(server, ids[i], replies[i]);
+		if (redis_reply_is_noscript(replies[i]))
 		{
 			freeReplyObject(replies[i]);
 			replies[i] = NULL;
@@ -121,7 +144,10 @@ redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScrip
 		for (int i = 0; i < ncmds; i++)
 		{
 			if (replies[i] == NULL)
+			{
 				replies[i] = again[j++];
+				note_script_answer(server, ids[i], replies[i]);
+			}
 		}
 		if (again != reloaded)
 			pfree(again);

@@ -2,8 +2,8 @@
 # embed.sh OUTPUT.h LUA_DIR NAME... : writes a C header that holds each Redis script as a string constant
 # (common.lua prepended) together with its SHA1, so that EVALSHA needs no SCRIPT LOAD round trip.
 # Comments, indentation and blank lines are left out of the embedded text (the scripts have no "--"
-# inside strings and no long comments): a script sent whole with EVAL costs Redis a SHA1 of its text,
-# and the release sent at commit always goes whole (see deferred_release.c).
+# inside strings and no long comments): a script sent whole with EVAL (after NOSCRIPT) costs Redis a
+# SHA1 of its text.
 set -eu
 out=$1 dir=$2
 shift 2
