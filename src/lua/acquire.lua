@@ -39,13 +39,13 @@ if mode == 'try' then
   return {0, expires - now_ms}
 end
 
-if not redis.call('ZSCORE', queue_key, holder) then
-  local tail = redis.call('ZRANGE', queue_key, -1, -1, 'WITHSCORES')
-  local score = now_us
-  if tail[2] and tonumber(tail[2]) >= score then
-    score = tonumber(tail[2]) + 1
-  end
-  redis.call('ZADD', queue_key, score, holder)
+-- join at the tail (arrival order, strictly rising even if Redis's clock steps back), unless queued
+local tail = redis.call('ZRANGE', queue_key, -1, -1, 'WITHSCORES')
+local score = now_us
+if tail[2] and tonumber(tail[2]) >= score then
+  score = tonumber(tail[2]) + 1
+end
+if redis.call('ZADD', queue_key, 'NX', score, holder) == 1 then
   -- a grant that raced with an earlier wait's giving up must not wake this one
   redis.call('DEL', grant_key(holder))
 end

@@ -59,7 +59,8 @@ local function forget_waiter(holder)
 end
 
 -- The first waiter whose heartbeat is still fresh, and the lease it asked for. Waiters whose heartbeat
--- deadline passed (they died without cleaning up) are dropped on the way.
+-- deadline passed (they died without cleaning up) are dropped on the way. The head stays queued until
+-- it is granted: should the grant fail (Redis out of memory), nobody has lost a place.
 local function live_head(now_ms)
   while true do
     local head = redis.call('ZRANGE', queue_key, 0, 0)[1]
@@ -79,8 +80,9 @@ local function live_head(now_ms)
 end
 
 -- Direct handoff: grant the free lock to the first live waiter and wake that waiter alone by pushing the
--- token onto its grant list (its BLPOP returns at once, with no further round trip). Returns the new
--- owner, token and lease ttl, or nil when nobody waits.
+-- token onto its grant list (its BLPOP returns at once, with no further round trip). The list is empty:
+-- a holder's grant list is cleared when it joins the queue, and only a handoff, which takes it out of the
+-- queue, pushes onto it. Returns the new owner, token and lease ttl, or nil when nobody waits.
 local function hand_over(last, now_ms, now_us)
   local head, ttl = live_head(now_ms)
   if not head then
@@ -89,7 +91,6 @@ local function hand_over(last, now_ms, now_us)
   local token = grant(head, ttl, last, now_ms, now_us)
   forget_waiter(head)
   local g = grant_key(head)
-  redis.call('DEL', g)
   redis.call('RPUSH', g, token)
   redis.call('PEXPIRE', g, ttl)
   return head, token, ttl

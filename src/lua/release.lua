@@ -12,8 +12,11 @@ if v[1] ~= holder then
 end
 -- an owner is never in the queue; a grant list left by a grant that raced with giving up is cleared
 -- when the holder next joins a queue
-local now_ms, now_us = redis_now()
-if not hand_over(tonumber(v[2]), now_ms, now_us) then
-  redis.call('DEL', lock_key)
+if redis.call('EXISTS', queue_key) == 1 then
+  local now_ms, now_us = redis_now()
+  if hand_over(tonumber(v[2]), now_ms, now_us) then
+    return 1
+  end
 end
+redis.call('DEL', lock_key)
 return 1
