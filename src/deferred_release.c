@@ -16,10 +16,12 @@
  *
  * The replies are read before anything else is sent on that connection: every lock operation, the
  * check before commit, the next such release, DISCARD ALL and backend exit call
- * redis_lock_settle_releases first. That read is not interruptible (it is bounded by
- * redislock.command_timeout, and the replies are normally there long before): what it finds must not
- * be lost to a cancel. A lock found already lost is a WARNING then; so is a connection that broke
- * before the replies could be read (the leases free the locks).
+ * redis_lock_settle_releases first. They are normally there long before, and reading them is one
+ * read(); only a stalled Redis makes it wait, within redislock.command_timeout, and a cancel then
+ * ends the wait as it ends any other (what the replies would have said is lost, with a WARNING at the
+ * next call). A lock found already lost is a WARNING; so is a connection that broke before the replies
+ * could be read (the leases free the locks). Releases that met NOSCRIPT are run again with the
+ * script's text on the same connection, not interruptibly, so that a cancel cannot undo that too.
  */
 #include "redislock.h"
 
@@ -87,7 +89,7 @@ redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError 
 	bool		sent;
 
 	/* what earlier releases answered, first: a connection that owes nothing can be checked */
-	redis_lock_settle_releases();
+	redis_lock_settle_releases(false);
 	server = redis_primary_server();
 	err->sent = false;
 	if (!redis_script_known(server, SCRIPT_RELEASE))
@@ -121,13 +123,14 @@ warn_lost(const char *key)
 
 /*
  * Read and judge the answers to releases sent by redis_lock_release_unanswered, if any are owed, and
- * run again those that met NOSCRIPT. Not interruptible; bounded by redislock.command_timeout (twice,
- * with a NOSCRIPT). Never throws (short of running out of memory): what goes wrong is a WARNING.
+ * run again those that met NOSCRIPT. Throws only when interruptible (a cancel while a stalled Redis
+ * keeps us waiting); what goes wrong otherwise is a WARNING.
  */
 void
-redis_lock_settle_releases(void)
+redis_lock_settle_releases(bool interruptible)
 {
-	RedisServer *server;
+	/* the connection they were sent on, even if the settings moved on since: read it before it goes */
+	RedisServer *server = redis_primary_server_as_is();
 	int			n = ndeferred;
 	LockRef    *refs = deferred_refs;
 	bool	   *held = deferred_held;
@@ -139,26 +142,27 @@ redis_lock_settle_releases(void)
 
 	if (n == 0)
 		return;
-	/* the connection they were sent on, even if the settings moved on since: read it before it goes */
-	server = redis_primary_server_as_is();
-	ndeferred = 0;
 	if (redis_unanswered(server) != n)
 	{
-		/* closed before they were read (an error path): whether they ran is unknown */
+		/* the read was cut short by a cancel, or the connection closed (an error path) */
+		ndeferred = 0;
 		ereport(WARNING,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("could not learn whether redis locks released at the end of an earlier transaction were released"),
-				 errdetail("The connection to Redis was closed before Redis answered; their leases free them if not.")));
+				 errdetail("Reading Redis's answer was cancelled, or the connection closed first; their leases free them if they were not.")));
 		return;
 	}
 
+	/* an interrupt thrown from the read leaves ndeferred set: the next call warns (above) */
 	replies = palloc0(n * sizeof(redisReply *));
-	if (!redis_read_unanswered(server, replies, false, &err))
+	if (!redis_read_unanswered(server, replies, interruptible, &err))
 	{
+		ndeferred = 0;
 		pfree(replies);
 		redis_warn(&err, "Redis locks released at the end of an earlier transaction may stay in Redis until their leases run out.");
 		return;
 	}
+	ndeferred = 0;
 	verdict = palloc(n * sizeof(int));
 	errors = palloc0(n * sizeof(char *));
 	for (int i = 0; i < n; i++)
@@ -201,7 +205,7 @@ redis_lock_settle_releases(void)
 	{
 		int		   *owned = palloc(nagain * sizeof(int));
 
-		if (!redis_lock_release_many(nagain, refs, owned, false, &err))
+		if (!redis_lock_release_again(server, nagain, refs, owned, &err))
 			redis_warn(&err, "Redis locks released at the end of an earlier transaction may stay in Redis until their leases run out.");
 		else
 		{

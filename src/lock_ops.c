@@ -77,9 +77,9 @@ lock_keys_free(LockKeys *keys)
  * of an earlier transaction) have been read: they come first on the stream.
  */
 static RedisServer *
-server_for_call(void)
+server_for_call(bool interruptible)
 {
-	redis_lock_settle_releases();
+	redis_lock_settle_releases(interruptible);
 	return redis_primary_server();
 }
 
@@ -110,7 +110,7 @@ typedef struct AcquireResult
 static void
 acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, AcquireResult *res)
 {
-	RedisServer *server = server_for_call();
+	RedisServer *server = server_for_call(interruptible);
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_ACQUIRE;
@@ -360,10 +360,9 @@ redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_
  * 0 into answers[]. Frees lk[]'s keys and every reply. Returns false with err set on any failure.
  */
 static bool
-run_yes_no_scripts(int n, RedisScriptId id, RedisCommand *cmds, LockKeys *lk, int *answers,
-				   bool interruptible, RedisError *err)
+run_yes_no_scripts(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds, LockKeys *lk,
+				   int *answers, bool interruptible, RedisError *err)
 {
-	RedisServer *server = server_for_call();
 	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
 	redisReply **replies = palloc0(n * sizeof(redisReply *));
 	bool		ok;
@@ -395,13 +394,10 @@ run_yes_no_scripts(int n, RedisScriptId id, RedisCommand *cmds, LockKeys *lk, in
 	return ok;
 }
 
-/*
- * Release locks (or leave their queues) in one round trip. owned[i] says whether we still owned refs[i]
- * (1) or had lost it (0). Returns false with err set when Redis could not be reached; never throws
- * unless interruptible.
- */
-bool
-redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible, RedisError *err)
+/* Release refs[0..n-1] on server in one round trip; whole: send the script's text (EVAL). */
+static bool
+release_on(RedisServer *server, int n, const LockRef *refs, int *owned, bool whole,
+		   bool interruptible, RedisError *err)
 {
 	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
 	LockKeys   *lk = palloc(n * sizeof(LockKeys));
@@ -411,12 +407,38 @@ redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptib
 	for (int i = 0; i < n; i++)
 	{
 		lock_keys_build(&refs[i], &lk[i]);
-		redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
+		if (whole)
+			redis_script_command_whole(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
+		else
+			redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
 	}
-	ok = run_yes_no_scripts(n, SCRIPT_RELEASE, cmds, lk, owned, interruptible, err);
+	ok = run_yes_no_scripts(server, n, SCRIPT_RELEASE, cmds, lk, owned, interruptible, err);
 	pfree(lk);
 	pfree(cmds);
 	return ok;
+}
+
+/*
+ * Release locks (or leave their queues) in one round trip. owned[i] says whether we still owned refs[i]
+ * (1) or had lost it (0). Returns false with err set when Redis could not be reached; never throws
+ * unless interruptible.
+ */
+bool
+redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible, RedisError *err)
+{
+	return release_on(server_for_call(interruptible), n, refs, owned, false, interruptible, err);
+}
+
+/*
+ * Run again, on server (the connection they were first sent on, whatever the settings say now) and with
+ * the script's text, releases whose EVALSHA met NOSCRIPT. Not interruptible; as
+ * redis_lock_release_many otherwise.
+ */
+bool
+redis_lock_release_again(RedisServer *server, int n, const LockRef *refs, int *owned,
+						 RedisError *err)
+{
+	return release_on(server, n, refs, owned, true, false, err);
 }
 
 /*
@@ -446,7 +468,8 @@ redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, c
 		lock_keys_build(&refs[i], &lk[i]);
 		redis_script_command(&cmds[i], SCRIPT_VERIFY, &lk[i], 3, args);
 	}
-	ok = run_yes_no_scripts(n, SCRIPT_VERIFY, cmds, lk, kept, interruptible, err);
+	ok = run_yes_no_scripts(server_for_call(interruptible), n, SCRIPT_VERIFY, cmds, lk, kept,
+							interruptible, err);
 	pfree(lk);
 	pfree(token_text);
 	pfree(keep_text);
@@ -458,7 +481,7 @@ redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, c
 void
 redis_lock_info_fetch(const char *key, LockInfo *info)
 {
-	RedisServer *server = server_for_call();
+	RedisServer *server = server_for_call(true);
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_INFO;

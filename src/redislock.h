@@ -130,6 +130,8 @@ extern bool redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds
 							  bool interruptible, RedisError *err);
 extern bool redis_reply_is_noscript(const redisReply *reply);
 extern bool redis_script_known(RedisServer *server, RedisScriptId id);
+extern void redis_script_command_whole(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
+									   int nargs, const char *const *args);
 
 /* lock_ops.c */
 typedef struct LockInfo
@@ -148,6 +150,8 @@ extern bool redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampT
 extern int64 redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start);
 extern bool redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible,
 									RedisError *err);
+extern bool redis_lock_release_again(RedisServer *server, int n, const LockRef *refs, int *owned,
+									 RedisError *err);
 extern bool redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders,
 								   const int64 *tokens, const int *keep_ms, int *kept,
 								   bool interruptible, RedisError *err);
@@ -155,7 +159,7 @@ extern void redis_lock_info_fetch(const char *key, LockInfo *info);
 
 /* deferred_release.c */
 extern bool redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError *err);
-extern void redis_lock_settle_releases(void);
+extern void redis_lock_settle_releases(bool interruptible);
 
 /* lock_table.c */
 typedef struct HeldLock

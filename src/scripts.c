@@ -55,10 +55,9 @@ redis_script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
 
 /*
  * Which scripts Redis has answered on the current connection (so it knows them), as a bit per
- * RedisScriptId; a new connection starts with none known. A NOSCRIPT answer for a script taken for
- * known means Redis forgot them all (SCRIPT FLUSH, a restart behind a proxy) and clears the lot; for
- * one not known yet it says nothing new. A command sent without waiting for its answer can only use a
- * known script: an unread NOSCRIPT would leave the work undone.
+ * RedisScriptId; a new connection starts with none known. Any NOSCRIPT answer clears the lot: Redis
+ * may have forgotten them all (SCRIPT FLUSH, a restart behind a proxy). A command sent without waiting
+ * for its answer can only use a known script: an unread NOSCRIPT would leave the work undone.
  */
 static uint64 known_epoch = 0;
 static uint32 known_scripts = 0;
@@ -74,10 +73,7 @@ note_script_answer(RedisServer *server, RedisScriptId id, const redisReply *repl
 		known_scripts = 0;
 	}
 	if (redis_reply_is_noscript(reply))
-	{
-		if (known_scripts & (1u << id))
-			known_scripts = 0;
-	}
+		known_scripts = 0;
 	else if (reply->type != REDIS_REPLY_ERROR)
 		known_scripts |= 1u << id;	/* not an error Redis may give before it looks (BUSY, LOADING) */
 }
@@ -87,6 +83,20 @@ bool
 redis_script_known(RedisServer *server, RedisScriptId id)
 {
 	return known_epoch == redis_connection_epoch(server) && (known_scripts & (1u << id)) != 0;
+}
+
+/*
+ * The same command with the script's whole text (EVAL), for a script Redis just said it does not know.
+ */
+void
+redis_script_command_whole(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
+						   int nargs, const char *const *args)
+{
+	redis_script_command(cmd, id, keys, nargs, args);
+	cmd->argv[0] = "EVAL";
+	cmd->argvlen[0] = 4;
+	cmd->argv[1] = scripts[id].text;
+	cmd->argvlen[1] = scripts[id].text_len;
 }
 
 /* Whether Redis answered that it does not know the script (it did not run). */

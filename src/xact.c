@@ -146,7 +146,7 @@ verify_before_commit(void)
 	if (n > 0)
 	{
 		/* answers owed by an earlier transaction's release come first on the connection */
-		redis_lock_settle_releases();
+		redis_lock_settle_releases(true);
 		epoch = redis_connection_epoch(redis_primary_server());
 		intact = redis_connection_intact(redis_primary_server(), epoch);
 	}
@@ -306,7 +306,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 static void
 at_backend_exit(int code, Datum arg)
 {
-	redis_lock_settle_releases();
+	redis_lock_settle_releases(false);
 	release_everything_quietly(false, true, true);
 	redis_disconnect(redis_primary_server());
 }
@@ -396,7 +396,7 @@ redislock_process_utility(PlannedStmt *pstmt, const char *queryString, bool read
 	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL)
 	{
 		/* what the last transaction's releases answered belongs to this session, not the next */
-		redis_lock_settle_releases();
+		redis_lock_settle_releases(true);
 		if (lock_table_count() > 0)
 			(void) redislock_release_all(true, false);
 	}

@@ -42,6 +42,30 @@ ok(wait_until(sub { ($redis->cli('HGET', '{redislock:rt:midflush}', 'owner') // 
 	'a release sent at commit into a SCRIPT FLUSH did not run (NOSCRIPT) ...');
 $s->query_safe("SELECT held FROM redis_lock_info('rt:other')");
 is($redis->cli('EXISTS', '{redislock:rt:midflush}'), '0', '... and runs again before the next command of that session');
+# a connection replaced mid-transaction has answered the release script but not the acquire script:
+# after a SCRIPT FLUSH, the acquire's NOSCRIPT must stop the next COMMIT sending a release unanswered
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:swap');");
+$redis->cli('CLIENT', 'KILL', 'TYPE', 'normal');
+$s->query('COMMIT');
+$redis->cli('SCRIPT', 'FLUSH');
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:after-swap'); COMMIT;");
+ok(wait_until(sub { $redis->cli('EXISTS', '{redislock:rt:after-swap}') eq '0' }, 2),
+	'after a SCRIPT FLUSH, a COMMIT on a connection that knew only the release script releases at once');
+# a release run again after NOSCRIPT goes where it was sent, even if the settings moved on meanwhile
+my $redis2 = start_redis();
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:moved');");
+$redis->cli('SCRIPT', 'FLUSH');
+$s->query_safe('COMMIT');
+$s->query_safe("SET redislock.port = $redis2->{port}");
+$s->{stderr} = '';
+$s->query("SELECT redis_try_lock('rt:elsewhere')");
+is($redis->cli('EXISTS', '{redislock:rt:moved}'), '0',
+	'a release that met NOSCRIPT runs again on the Redis it was sent to after redislock.port changed');
+unlike($s->{stderr}, qr/already been lost/, 'without a false "lost" WARNING');
+$s->query_safe('RESET redislock.port');
+$s->query_safe("SELECT redis_try_lock('rt:back')");
+$redis2->stop;
+$s->{stderr} = '';
 # a lock that vanished from Redis under its holder (not near the end of its lease, so not checked
 # before commit): the release finds it gone, and says so at the next command
 $s->{stderr} = '';
