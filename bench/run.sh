@@ -23,13 +23,14 @@ mkdir -p "$work"
 [ "$(id -u)" -eq 0 ] && chown postgres "$work"
 psql -X -q -c "CREATE EXTENSION IF NOT EXISTS redislock" -c "CREATE TABLE acquired (seq serial, who int)"
 q() { psql -X -q -At -c "$1"; }
-client_commands() {   # EVALSHA + EVAL + BLPOP calls since the last CONFIG RESETSTAT
+client_commands() {   # EVALSHA + EVAL + BLPOP calls, and the microseconds Redis spent on them, since
+                      # the last CONFIG RESETSTAT
   redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
-    awk -F'[:=,]' '/^cmdstat_(evalsha|eval|blpop):/ {n += $3} END {print n + 0}'
+    awk -F'[:=,]' '/^cmdstat_(evalsha|eval|blpop):/ {n += $3; us += $5} END {print n + 0, us + 0}'
 }
 
 # --- throughput and latency ---------------------------------------------------------------------
-declare -A tps_runs txs commands p50 p99 tps cmds
+declare -A tps_runs txs commands redis_us p50 p99 tps cmds
 run_pgbench() {   # name clients sql round
   local name=$1 clients=$2 sql=$3 round=$4 done_tx
   printf '%s\n' "$sql" > "$work/$name.sql"
@@ -42,7 +43,10 @@ run_pgbench() {   # name clients sql round
   done_tx=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}' "$work/$name.$round.out")
   tps_runs[$name]+="$(awk '/^tps = / {printf "%.0f", $3}' "$work/$name.$round.out") "
   txs[$name]=$(( ${txs[$name]:-0} + done_tx ))
-  commands[$name]=$(( ${commands[$name]:-0} + $(client_commands) ))
+  local n us
+  read -r n us < <(client_commands)
+  commands[$name]=$(( ${commands[$name]:-0} + n ))
+  redis_us[$name]=$(( ${redis_us[$name]:-0} + us ))
 }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : 0}'; }
 for round in $(seq 1 "$rounds"); do
@@ -137,6 +141,7 @@ round_ratios() {   # the (c)/(b) ratio of each round, for one case
   done
   echo
   echo "- (c)/(b) at 8 clients in each round: uncontended $(round_ratios uncontended-8), contended $(round_ratios contended-8)"
+  echo "- Redis time per transaction (its own accounting of those commands, 8 clients): uncontended $(awk -v u="${redis_us[redis-uncontended-8]}" -v n="${txs[redis-uncontended-8]}" 'BEGIN {printf "%.1f", u / n}') µs, contended $(awk -v u="${redis_us[redis-contended-8]}" -v n="${txs[redis-contended-8]}" 'BEGIN {printf "%.1f", u / n}') µs"
   echo "- Redis commands per uncontended lock cycle (8 clients): ${cmds[redis-uncontended-8]} (target 2)"
   echo "- Redis commands per contended transaction, i.e. per handoff (8 clients): ${cmds[redis-contended-8]} (target ≤ 3)"
   echo "- Waiting backends woken by one release with $waiters waiters: $woken (target 1)"
