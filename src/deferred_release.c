@@ -85,7 +85,6 @@ redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError 
 	RedisServer *server;
 	RedisCommand *cmds;
 	LockKeys   *lk;
-	const char *args[1] = {redislock_holder_id()};
 	bool		sent;
 
 	/* what earlier releases answered, first: a connection that owes nothing can be checked */
@@ -97,11 +96,7 @@ redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError 
 	remember(n, refs, nheld);
 	cmds = palloc(n * sizeof(RedisCommand));
 	lk = palloc(n * sizeof(LockKeys));
-	for (int i = 0; i < n; i++)
-	{
-		lock_keys_build(&refs[i], &lk[i]);
-		redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
-	}
+	release_commands_build(n, refs, false, cmds, lk);
 	sent = redis_send_unanswered(server, n, cmds, err);
 	if (sent)
 		ndeferred += n;

@@ -394,15 +394,14 @@ run_yes_no_scripts(RedisServer *server, int n, RedisScriptId id, RedisCommand *c
 	return ok;
 }
 
-/* Release refs[0..n-1] on server in one round trip; whole: send the script's text (EVAL). */
-static bool
-release_on(RedisServer *server, int n, const LockRef *refs, int *owned, bool whole,
-		   bool interruptible, RedisError *err)
+/*
+ * The release script commands for refs[0..n-1] into cmds[], their keys into lk[] (freed by the caller
+ * with lock_keys_free); whole: with the script's text (EVAL) rather than its SHA1.
+ */
+void
+release_commands_build(int n, const LockRef *refs, bool whole, RedisCommand *cmds, LockKeys *lk)
 {
-	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
-	LockKeys   *lk = palloc(n * sizeof(LockKeys));
 	const char *args[1] = {redislock_holder_id()};
-	bool		ok;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -412,6 +411,18 @@ release_on(RedisServer *server, int n, const LockRef *refs, int *owned, bool who
 		else
 			redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
 	}
+}
+
+/* Release refs[0..n-1] on server in one round trip; whole: send the script's text (EVAL). */
+static bool
+release_on(RedisServer *server, int n, const LockRef *refs, int *owned, bool whole,
+		   bool interruptible, RedisError *err)
+{
+	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
+	LockKeys   *lk = palloc(n * sizeof(LockKeys));
+	bool		ok;
+
+	release_commands_build(n, refs, whole, cmds, lk);
 	ok = run_yes_no_scripts(server, n, SCRIPT_RELEASE, cmds, lk, owned, interruptible, err);
 	pfree(lk);
 	pfree(cmds);

@@ -622,9 +622,9 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 /*
  * Send commands in one write without waiting for their replies: Redis runs them as soon as it reads
  * them, and the replies wait in the socket until redis_read_unanswered reads them, which must happen
- * before this connection's next round trip. Only on a connection that is up and idle (or owes replies
- * of the same kind already); otherwise nothing is sent, err->sent is false, and the caller takes a
- * round trip instead. Never throws, never waits longer than redislock.command_timeout (and only when the
+ * before this connection's next round trip. Only on a connection that is up and idle (the check needs
+ * one that owes no replies; one that does is taken as it is); otherwise nothing is sent, err->sent is
+ * false, and the caller takes a round trip instead. Never throws, never waits longer than redislock.command_timeout (and only when the
  * socket's send buffer is full).
  */
 bool

@@ -146,6 +146,8 @@ typedef struct LockInfo
 extern const char *redislock_holder_id(void);
 extern void lock_keys_build(const LockRef *ref, LockKeys *keys);
 extern void lock_keys_free(LockKeys *keys);
+extern void release_commands_build(int n, const LockRef *refs, bool whole, RedisCommand *cmds,
+								   LockKeys *lk);
 extern bool redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampTz *lease_start);
 extern int64 redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start);
 extern bool redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible,
