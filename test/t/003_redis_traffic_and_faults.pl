@@ -148,6 +148,30 @@ is(scalar $stalled_session->query("SELECT redis_try_lock('stall:again')"), 't',
 	'including the session whose call was stuck');
 $stalled_session->quit;
 
+# --- a cancel while the answer to the last COMMIT's release is owed and Redis stalls ---------------
+my $o = $node->background_psql('postgres', on_error_stop => 0);
+$o->query_safe("SELECT redis_try_lock('owed:warm')");
+$o->query_safe("SET redislock.command_timeout = '60s'");
+$o->query_safe("BEGIN; SELECT redis_wait_lock('owed:k');");
+$redis->signal('STOP');
+$o->query('COMMIT');    # the release is written, and its answer will be owed
+my $opid = $o->query_safe('SELECT pg_backend_pid()');
+$o->{stderr} = '';
+$o->query_until(qr/calling/, "\\echo calling\nSELECT redis_try_lock('owed:next');\n");
+ok(wait_until(sub { $node->safe_psql('postgres', "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $opid") eq 'Extension' }),
+	'the next call waits for the owed answer');
+$t0 = time;
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($opid)");
+ok(wait_until(sub { $node->safe_psql('postgres', "SELECT state FROM pg_stat_activity WHERE pid = $opid") eq 'idle' }, 5),
+	sprintf('a cancel ends that wait at once (%.0f ms)', (time - $t0) * 1000));
+$redis->signal('CONT');
+$o->query('RESET redislock.command_timeout');
+is(scalar $o->query("SELECT redis_try_lock('owed:after')"), 't', 'the session locks again once Redis is back');
+like($o->{stderr}, qr/could not learn whether redis locks released at the end of an earlier transaction were released/,
+	'and says that the answer it was reading is lost');
+ok(wait_until(sub { $redis->cli('EXISTS', '{redislock:owed:k}') eq '0' }), 'the release itself ran when Redis woke');
+$o->quit;
+
 # --- cancel during a wait ---------------------------------------------------------------------------
 $s->query_safe("BEGIN; SELECT redis_wait_lock('cancel:k');");
 my $c = $node->background_psql('postgres', on_error_stop => 0);
