@@ -123,6 +123,19 @@ $redis->start;
 $s->{stderr} = '';
 is($s->query_safe("SELECT redis_try_lock('down:k')"), 't', 'when Redis is back, the same session locks again by itself');
 
+# A backend stuck in a redislock call: check that it waits on Redis, cancel it, and check that the
+# cancel ends the call within 5 s.
+sub cancel_stuck_call
+{
+	my ($pid, $waiting_name, $cancelled_name) = @_;
+	ok(wait_until(sub { $node->safe_psql('postgres', "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $pid") eq 'Extension' }),
+		$waiting_name);
+	my $start = time;
+	$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+	ok(wait_until(sub { $node->safe_psql('postgres', "SELECT state FROM pg_stat_activity WHERE pid = $pid") eq 'idle' }, 5),
+		sprintf('%s (%.0f ms)', $cancelled_name, (time - $start) * 1000));
+}
+
 # --- a stalled Redis -------------------------------------------------------------------------------
 my $stalled_session = $node->background_psql('postgres', on_error_stop => 0);
 $stalled_session->query_safe("SELECT redis_try_lock('stall:warm')");
@@ -130,12 +143,7 @@ $redis->signal('STOP');
 # a long command_timeout, so that only the cancel can end this call
 $stalled_session->query_until(qr/calling/, "SET redislock.command_timeout = '60s';\n\\echo calling\nSELECT redis_try_lock('stall:cancel');\n");
 my $spid = $node->safe_psql('postgres', "SELECT pid FROM pg_stat_activity WHERE query LIKE '%stall:cancel%' AND pid <> pg_backend_pid()");
-ok(wait_until(sub { $node->safe_psql('postgres', "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $spid") eq 'Extension' }),
-	'a call is stuck on the stalled Redis');
-$t0 = time;
-$node->safe_psql('postgres', "SELECT pg_cancel_backend($spid)");
-ok(wait_until(sub { $node->safe_psql('postgres', "SELECT state FROM pg_stat_activity WHERE pid = $spid") eq 'idle' }, 5),
-	sprintf('pg_cancel_backend ends it during the stall (%.0f ms)', (time - $t0) * 1000));
+cancel_stuck_call($spid, 'a call is stuck on the stalled Redis', 'pg_cancel_backend ends it during the stall');
 $t0 = time;
 ($rc, $out, $err) = $node->psql('postgres', "SELECT redis_try_lock('stall:k')");
 my $stalled = time - $t0;
@@ -158,12 +166,7 @@ $o->query('COMMIT');    # the release is written, and its answer will be owed
 my $opid = $o->query_safe('SELECT pg_backend_pid()');
 $o->{stderr} = '';
 $o->query_until(qr/calling/, "\\echo calling\nSELECT redis_try_lock('owed:next');\n");
-ok(wait_until(sub { $node->safe_psql('postgres', "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $opid") eq 'Extension' }),
-	'the next call waits for the owed answer');
-$t0 = time;
-$node->safe_psql('postgres', "SELECT pg_cancel_backend($opid)");
-ok(wait_until(sub { $node->safe_psql('postgres', "SELECT state FROM pg_stat_activity WHERE pid = $opid") eq 'idle' }, 5),
-	sprintf('a cancel ends that wait at once (%.0f ms)', (time - $t0) * 1000));
+cancel_stuck_call($opid, 'the next call waits for the owed answer', 'a cancel ends that wait at once');
 $redis->signal('CONT');
 $o->query('RESET redislock.command_timeout');
 is(scalar $o->query("SELECT redis_try_lock('owed:after')"), 't', 'the session locks again once Redis is back');
