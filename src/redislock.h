@@ -58,6 +58,7 @@ extern int	redislock_connect_timeout_ms;
 extern int	redislock_command_timeout_ms;
 extern int	redislock_default_ttl_ms;
 extern char *redislock_key_prefix;
+extern bool redislock_synchronous_release;
 extern bool redislock_connection_settings_changed;
 extern void redislock_define_settings(void);
 

@@ -23,6 +23,7 @@ int			redislock_connect_timeout_ms = 2000;
 int			redislock_command_timeout_ms = 2000;
 int			redislock_default_ttl_ms = 30000;
 char	   *redislock_key_prefix = NULL;
+bool		redislock_synchronous_release = false;
 
 /* Set when a connection setting changes; redis_conn.c reconnects and clears it. */
 bool		redislock_connection_settings_changed = false;
@@ -141,6 +142,15 @@ redislock_define_settings(void)
 							   "redislock:",
 							   PGC_SUSET, 0,
 							   check_key_prefix, NULL, NULL);
+
+	/* only this session's own latency is at stake: anyone may choose */
+	DefineCustomBoolVariable("redislock.synchronous_release",
+							 "Whether COMMIT and ROLLBACK wait for Redis to confirm that their locks are released.",
+							 "Off, the release is sent at once and its answer read before the session's next Redis command.",
+							 &redislock_synchronous_release,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 
 	/* sizes shared memory: exists only when preloaded */
 	if (process_shared_preload_libraries_in_progress)

@@ -52,11 +52,12 @@ release_quietly(int n, const LockRef *refs, int nheld, bool committed, bool wait
 	if (n == 0)
 		return;
 	/*
-	 * Not waiting when the connection is ready. When it is not (none yet, broken, busy with a call
-	 * that was cut short), or the write failed, a round trip sets up a new one; releasing twice is
-	 * harmless, the release script only acts for our holder id.
+	 * Not waiting when the connection is ready (and redislock.synchronous_release is off). When it is
+	 * not (none yet, broken, busy with a call that was cut short), or the write failed, a round trip
+	 * sets up a new one; releasing twice is harmless, the release script only acts for our holder id.
 	 */
-	if (!wait_for_answer && redis_lock_release_unanswered(n, refs, committed ? nheld : 0, &err))
+	if (!wait_for_answer && !redislock_synchronous_release &&
+		redis_lock_release_unanswered(n, refs, committed ? nheld : 0, &err))
 		return;
 	owned = palloc(n * sizeof(int));
 	if (!redis_lock_release_many(n, refs, owned, false, &err))

@@ -84,6 +84,15 @@ $s->query('DISCARD ALL');
 like($s->{stderr}, qr/WARNING:  redis lock "rt:vanished2" had already been lost/,
 	'DISCARD ALL reads what the last release answered (the WARNING stays with this client)');
 $s->{stderr} = '';
+# redislock.synchronous_release: COMMIT waits for the answer, and reports a lost lock itself
+$s->query_safe('SET redislock.synchronous_release = on');
+$s->query_safe("BEGIN; SELECT redis_wait_lock('rt:sync');");
+$redis->cli('DEL', '{redislock:rt:sync}');
+$s->query('COMMIT');
+like($s->{stderr}, qr/WARNING:  redis lock "rt:sync" had already been lost/,
+	'with redislock.synchronous_release on, COMMIT itself reports the lost lock');
+$s->{stderr} = '';
+$s->query_safe('RESET redislock.synchronous_release');
 # a release sent without waiting leaves the connection owing an answer; a later release must still
 # notice that Redis closed the connection meanwhile, and release on a new one
 $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:a'); SAVEPOINT p; SELECT redis_wait_lock('rt:b'); ROLLBACK TO p;");
