@@ -118,8 +118,9 @@ warn_lost(const char *key)
 
 /*
  * Read and judge the answers to releases sent by redis_lock_release_unanswered, if any are owed, and
- * run again those that met NOSCRIPT. Throws only when interruptible (a cancel while a stalled Redis
- * keeps us waiting); what goes wrong otherwise is a WARNING.
+ * run again those that met NOSCRIPT. Throws only when interruptible: a cancel while a stalled Redis
+ * keeps us waiting, or that Redis not answering within redislock.command_timeout. What goes wrong
+ * otherwise is a WARNING.
  */
 void
 redis_lock_settle_releases(bool interruptible)
@@ -154,6 +155,14 @@ redis_lock_settle_releases(bool interruptible)
 	{
 		ndeferred = 0;
 		pfree(replies);
+
+		/*
+		 * No answer in time: Redis is stalled, and the call that brought us here would wait as long
+		 * again on a new connection. It fails now instead (the releases were sent; Redis runs them
+		 * when it wakes). A broken connection, by contrast, is replaced by that call.
+		 */
+		if (interruptible && !err.connection_lost && err.sqlstate == ERRCODE_CONNECTION_FAILURE)
+			redis_raise(&err);
 		redis_warn(&err, "Redis locks released at the end of an earlier transaction may stay in Redis until their leases run out.");
 		return;
 	}

@@ -165,6 +165,24 @@ is(scalar $stalled_session->query("SELECT redis_try_lock('stall:again')"), 't',
 	'including the session whose call was stuck');
 $stalled_session->quit;
 
+# --- a call while the answer to the last COMMIT's release is owed and Redis stalls -----------------
+# without a cancel, it fails after one command_timeout (not one for the owed answer and one for itself)
+my $f = $node->background_psql('postgres', on_error_stop => 0);
+$f->query_safe("SET redislock.command_timeout = '2s'");
+$f->query_safe("SELECT redis_try_lock('owed:warm-f')");
+$f->query_safe("BEGIN; SELECT redis_wait_lock('owed:f');");
+$redis->signal('STOP');
+$f->query('COMMIT');
+$t0 = time;
+$f->query("SELECT redis_try_lock('owed:f-next')");
+my $took = time - $t0;
+$redis->signal('CONT');
+like($f->{stderr}, qr/did not answer within 2000 ms/, 'a call behind an answer owed by a stalled Redis fails');
+ok($took < 3.5, sprintf('after one command_timeout (%.1f s)', $took));
+$f->{stderr} = '';
+is(scalar $f->query("SELECT redis_try_lock('owed:f-after')"), 't', 'and the session locks again once Redis is back');
+$f->quit;
+
 # --- a cancel while the answer to the last COMMIT's release is owed and Redis stalls ---------------
 my $o = $node->background_psql('postgres', on_error_stop => 0);
 $o->query_safe("SELECT redis_try_lock('owed:warm')");
