@@ -5,8 +5,8 @@
 
 EXTENSION = redislock
 MODULE_big = redislock
-OBJS = src/redislock.o src/settings.o src/redis_conn.o src/scripts.o src/lock_ops.o \
-       src/deferred_release.o \
+OBJS = src/redislock.o src/settings.o src/redis_conn.o src/names.o src/scripts.o src/lock_ops.o \
+       src/release.o \
        src/registry.o src/keeper.o \
        src/lock_table.o src/xact.o src/sql_api.o
 DATA = sql/redislock--1.0.sql
@@ -15,7 +15,7 @@ PGFILEDESC = "redislock - distributed locks held in Redis"
 LUA_SCRIPTS = acquire release verify info
 SHLIB_LINK += -lhiredis
 PG_CPPFLAGS += -I$(srcdir)/src
-EXTRA_CLEAN = src/scripts_generated.h
+EXTRA_CLEAN = src/scripts_generated.h src/lua/out
 
 # PostgreSQL 15's PGXS (Debian's postgresql-server-dev-15). Without it only demo, test and bench
 # work: they install it first.

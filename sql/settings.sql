@@ -42,6 +42,12 @@ SELECT redis_try_lock('set:down');
 RESET redislock.port;
 SELECT redis_try_lock('set:down');
 
+-- timeouts are bounded (1 hour), so that no sum of them overflows
+SET redislock.command_timeout = '2h';
+SET redislock.connect_timeout = '2h';
+SET redislock.command_timeout = '1h';
+RESET redislock.command_timeout;
+
 -- an unknown setting under the reserved prefix
 SET redislock.no_such_setting = 1;
 

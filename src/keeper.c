@@ -2,7 +2,9 @@
  * keeper.c
  *		The lease keeper: a background worker that keeps the leases of live backends' locks alive.
  *
- * With redislock in shared_preload_libraries, the postmaster starts one keeper per server. Every
+ * With redislock in shared_preload_libraries, the postmaster starts one keeper per server, as soon as
+ * the server accepts connections — on a hot standby too: it needs no database, and session locks taken
+ * there need it as much. Every
  * KEEPER_TICK_MS it takes from the registry (registry.c) the locks whose lease is a third used up and
  * renews them all in one round trip per batch, with the verify script run as each lock's holder: a
  * lock still owned gets a fresh lease, a lock found gone or owned by someone else is marked lost, so
@@ -35,7 +37,8 @@ keeper_register(void)
 	memset(&worker, 0, sizeof(worker));
 	/* a connection to no database: enough to show in pg_stat_activity */
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	/* not RecoveryFinished, which never comes on a standby */
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 1;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "redislock");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "redislock_keeper_main");
@@ -48,10 +51,10 @@ keeper_register(void)
 static int
 renew_batch(RenewalItem *items)
 {
-	TimestampTz now = GetCurrentTimestamp();
+	int64		now = redislock_monotonic_ms();
 	int			n = registry_collect_due(now, items, KEEPER_BATCH);
 	LockRef    *refs;
-	const char **holders;
+	const char **acquisitions;
 	int64	   *tokens;
 	int		   *keep;
 	int		   *kept;
@@ -60,7 +63,7 @@ renew_batch(RenewalItem *items)
 	if (n == 0)
 		return 0;
 	refs = palloc(n * sizeof(LockRef));
-	holders = palloc(n * sizeof(char *));
+	acquisitions = palloc(n * sizeof(char *));
 	tokens = palloc(n * sizeof(int64));
 	keep = palloc(n * sizeof(int));
 	kept = palloc(n * sizeof(int));
@@ -68,11 +71,11 @@ renew_batch(RenewalItem *items)
 	{
 		refs[i].prefix = items[i].prefix;
 		refs[i].key = items[i].key;
-		holders[i] = items[i].holder;
+		acquisitions[i] = items[i].acquisition;
 		tokens[i] = items[i].token;
 		keep[i] = items[i].ttl_ms;
 	}
-	if (redis_lock_verify_many(n, refs, holders, tokens, keep, kept, true, &err))
+	if (lockop_verify_many(n, refs, acquisitions, tokens, keep, kept, true, &err))
 	{
 		for (int i = 0; i < n; i++)
 			registry_record(&items[i], kept[i], now);
@@ -80,11 +83,12 @@ renew_batch(RenewalItem *items)
 	else
 	{
 		ereport(LOG,
-				(errmsg("redislock lease keeper could not renew %d lease(s): %s", n, err.message)));
+				(errmsg("redislock lease keeper could not renew %d lease(s): %s", n, err.message),
+				 err.detail[0] ? errdetail_internal("%s", err.detail) : 0));
 		for (int i = 0; i < n; i++)
 		{
 			/* a lease that ran out unrenewed may have been taken by someone else: lost */
-			if (now >= TimestampTzPlusMilliseconds(items[i].renewed_at, items[i].ttl_ms))
+			if (now >= items[i].renewed_ms + items[i].ttl_ms)
 				registry_record(&items[i], false, now);
 		}
 		n = 0;					/* do not retry at once */
@@ -97,12 +101,14 @@ redislock_keeper_main(Datum arg)
 {
 	MemoryContext loop_cxt;
 	RenewalItem *items;
+	int64		swept_ms = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_activity(STATE_RUNNING, "renewing the leases of this server's redis locks");
+	registry_keeper_started();
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "redislock keeper", ALLOCSET_DEFAULT_SIZES);
 	items = MemoryContextAlloc(TopMemoryContext, KEEPER_BATCH * sizeof(RenewalItem));
@@ -116,10 +122,15 @@ redislock_keeper_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		registry_publish_keeper_server();
+		registry_keeper_tick();
 		old = MemoryContextSwitchTo(loop_cxt);
 		while (renew_batch(items) == KEEPER_BATCH)
 			CHECK_FOR_INTERRUPTS();
+		if (redislock_monotonic_ms() - swept_ms >= 1000)
+		{
+			registry_drop_dead();
+			swept_ms = redislock_monotonic_ms();
+		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_cxt);
 

@@ -1,17 +1,20 @@
 /*
  * lock_ops.c
- *		Lock operations in Redis: take, wait in the FIFO queue, release, verify, inspect.
+ *		Taking a lock in Redis: try, wait in the FIFO queue; and the checks that read a lock: verify (the
+ *		check before commit, the keeper's renewal) and info.
  *
- * Each operation is one script call (scripts.c), so one round trip; a release of k locks is k script
- * calls in one round trip. A waiting backend blocks in BLPOP on its own grant list: the releasing
- * backend's script hands the lock over and pushes the fencing token there, which wakes exactly that
- * waiter with nothing more to ask. Every BLPOP is bounded by REDISLOCK_RECHECK_MS, after which the
- * waiter re-runs the acquire script: that re-check is its heartbeat in the queue and catches a lease
- * that ran out without a release (a holder that died) or a wake-up that never came.
+ * Each operation is one script call (scripts.c), so one round trip. A waiting backend blocks in BLPOP
+ * on its acquisition's own grant list: the releasing backend's script hands the lock over and pushes
+ * the fencing token there, which wakes exactly that waiter with nothing more to ask. Every BLPOP is
+ * bounded by REDISLOCK_RECHECK_MS, after which the waiter re-runs the acquire script: that re-check
+ * is its heartbeat in the queue and catches a lease that ran out without a release (a holder that
+ * died) or a wake-up that never came.
  *
- * Before a call that may change our state in Redis (acquire, wait), the key is registered as pending
- * in the lock table; if the call is interrupted or fails, the transaction's abort undoes it with the
- * release script, which is keyed by our holder id and so never touches anyone else's lock.
+ * Every call names its acquisition (names.c). The caller has handed the acquisition's release ticket to
+ * release.c (release_call_started) before the call; each round trip that may have reached Redis is
+ * reported with release_call_sent, so that a call cut short is undone — by that acquisition's id,
+ * which never touches anyone else's lock, nor a later lock of this backend. Before its round trip,
+ * every operation lets release.c read and settle what earlier releases owe (release_settle).
  */
 #include "redislock.h"
 
@@ -24,62 +27,14 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-static char *holder_id = NULL;
-
 /*
- * Who we are in Redis: "<host>:<port>:<pid>:<nonce>", naming the PostgreSQL server and backend. The
- * random nonce keeps a later backend that reuses the pid from being taken for this one.
- */
-const char *
-redislock_holder_id(void)
-{
-	if (holder_id == NULL)
-	{
-		char		host[256];
-		uint32		nonce;
-
-		if (gethostname(host, sizeof(host)) != 0)
-			strlcpy(host, "localhost", sizeof(host));
-		host[sizeof(host) - 1] = '\0';
-		if (!pg_strong_random(&nonce, sizeof(nonce)))
-			nonce = (uint32) GetCurrentTimestamp() ^ (uint32) MyProcPid;
-		holder_id = MemoryContextAlloc(TopMemoryContext, strlen(host) + 48);
-		sprintf(holder_id, "%s:%d:%d:%08x", host, PostPortNumber, MyProcPid, nonce);
-	}
-	return holder_id;
-}
-
-/* The Redis keys of a lock: "{<prefix><key>}", then ":q" and ":w" after it. */
-void
-lock_keys_build(const LockRef *ref, LockKeys *keys)
-{
-	size_t		len = strlen(ref->prefix) + strlen(ref->key) + 2;
-
-	keys->lock = palloc(len + 1);
-	snprintf(keys->lock, len + 1, "{%s%s}", ref->prefix, ref->key);
-	keys->lock_len = len;
-	keys->queue = psprintf("%s:q", keys->lock);
-	keys->queue_len = len + 2;
-	keys->waiters = psprintf("%s:w", keys->lock);
-	keys->waiters_len = len + 2;
-}
-
-void
-lock_keys_free(LockKeys *keys)
-{
-	pfree(keys->lock);
-	pfree(keys->queue);
-	pfree(keys->waiters);
-}
-
-/*
- * The connection for a lock operation, once the answers to releases sent without waiting (at the end
- * of an earlier transaction) have been read: they come first on the stream.
+ * The connection for a lock operation, once the answers that earlier releases owe have been read and
+ * every release whose outcome is unknown has run: they come first on the stream.
  */
 static RedisServer *
 server_for_call(bool interruptible)
 {
-	redis_lock_settle_releases(interruptible);
+	release_settle(interruptible);
 	return redis_primary_server();
 }
 
@@ -104,13 +59,12 @@ typedef struct AcquireResult
 	int64		lease_left_ms;	/* ours when acquired, else the current holder's; -1 unknown */
 } AcquireResult;
 
-/*
- * Run the acquire script once. Throws on failure (pending state is left for the abort to undo).
- */
+/* Run the acquire script once for acquisition. Throws on failure (release.c undoes what was sent). */
 static void
-acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, AcquireResult *res)
+acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char *mode,
+			 AcquireResult *res)
 {
-	RedisServer *server = server_for_call(interruptible);
+	RedisServer *server = server_for_call(true);
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_ACQUIRE;
@@ -119,25 +73,26 @@ acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, 
 	char		ttl[16];
 	char		liveness[16];
 	const char *args[4];
-	LockRef		ref = {redislock_key_prefix, key};
 	bool		ok;
+	bool		was_sent;
 
 	snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
 	snprintf(liveness, sizeof(liveness), "%d", waiter_liveness_ms());
-	args[0] = redislock_holder_id();
+	args[0] = acquisition;
 	args[1] = ttl;
 	args[2] = mode;
 	args[3] = liveness;
-	lock_keys_build(&ref, &keys);
-	redis_script_command(&cmd, id, &keys, 4, args);
-	ok = redis_run_scripts(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms,
-						   interruptible, &err);
-	lock_keys_free(&keys);
+	names_lock_keys(ref, &keys);
+	script_command(&cmd, id, &keys, 4, args);
+	/* from here on the call may reach Redis, even if an interrupt ends the wait for its answer */
+	was_sent = release_call_sent(true);
+	ok = script_run(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err);
+	names_lock_keys_free(&keys);
 	if (!ok)
 	{
-		/* a call that never reached Redis has nothing to undo */
+		/* a call that never left (Redis refused the connection) has nothing to undo */
 		if (!err.sent)
-			lock_table_clear_pending();
+			release_call_sent(was_sent);
 		redis_raise(&err);
 	}
 
@@ -170,19 +125,19 @@ acquire_call(const char *key, int ttl_ms, const char *mode, bool interruptible, 
 }
 
 /*
- * Take the lock only if it is free and nobody is queued for it. Never waits.
+ * Take the lock only if it is free and nobody is queued for it. Never waits. *lease_start_ms
+ * (monotonic) is no later than the lease began.
  */
 bool
-redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampTz *lease_start)
+lockop_try(const LockRef *ref, const char *acquisition, int ttl_ms, int64 *token,
+		   int64 *lease_start_ms)
 {
 	AcquireResult res;
-	TimestampTz sent = GetCurrentTimestamp();
+	int64		sent = redislock_monotonic_ms();
 
-	lock_table_set_pending(key);
-	acquire_call(key, ttl_ms, "try", true, &res);
-	lock_table_clear_pending();
+	acquire_call(ref, acquisition, ttl_ms, "try", &res);
 	*token = res.token;
-	*lease_start = sent;
+	*lease_start_ms = sent;
 	return res.acquired;
 }
 
@@ -194,20 +149,20 @@ typedef enum GrantWait
 } GrantWait;
 
 /*
- * Block in BLPOP on our grant list for up to block_ms; *token is set when the lock was handed to us.
+ * Block in BLPOP on the acquisition's grant list for up to block_ms; *token is set when the lock was
+ * handed to it.
  */
 static GrantWait
-wait_for_grant(const char *key, int block_ms, int64 *token)
+wait_for_grant(const LockRef *ref, const char *acquisition, int block_ms, int64 *token)
 {
 	RedisServer *server = redis_primary_server();
 	RedisCommand cmd;
 	redisReply *reply;
 	RedisError	err;
-	char	   *grant_key;
+	char	   *grant_key = names_grant_key(ref, acquisition);
 	char		seconds[32];
 	bool		granted = false;
 
-	grant_key = psprintf("{%s%s}:g:%s", redislock_key_prefix, key, redislock_holder_id());
 	snprintf(seconds, sizeof(seconds), "%d.%03d", block_ms / 1000, block_ms % 1000);
 	cmd.argc = 3;
 	cmd.argv[0] = "BLPOP";
@@ -223,7 +178,8 @@ wait_for_grant(const char *key, int block_ms, int64 *token)
 		/*
 		 * The connection that carries our wake-up broke (CLIENT KILL, a proxy, a network blip). Our
 		 * place in the queue outlives it until the heartbeat lapses, and a grant meanwhile is
-		 * recorded in Redis: the caller re-checks on a new connection, and fails only if that fails.
+		 * recorded in Redis: the caller re-checks on a new connection, and fails only if that fails
+		 * (and then release.c undoes the wait as soon as Redis can be reached).
 		 */
 		if (err.connection_lost)
 			return GRANT_CONNECTION_LOST;
@@ -261,62 +217,53 @@ wait_for_grant(const char *key, int block_ms, int64 *token)
 	return GRANT_RECEIVED;
 }
 
-static long
-ms_left(TimestampTz deadline)
-{
-	TimestampTz now = GetCurrentTimestamp();
-
-	return now >= deadline ? 0 : (long) ((deadline - now) / 1000);
-}
-
 /*
- * Leave the queue (and give back a grant that raced with our leaving), then report the lock timeout.
+ * Leave the queue now (and give on a grant that raced with our leaving), then report the lock
+ * timeout. Should Redis not answer, the undo stays owed (release.c).
  */
 static void
-give_up_wait(const char *key, int timeout_ms)
+give_up_wait(const LockRef *ref, int timeout_ms)
 {
-	LockRef		ref = {redislock_key_prefix, key};
+	ReleaseTicket *ticket = release_call_finished();
 	int			owned;
 	RedisError	err;
 
-	if (redis_lock_release_many(1, &ref, &owned, false, &err))
-		lock_table_clear_pending();
-	/* else the pending key stays, and the abort of this transaction retries */
+	(void) release_now(1, &ticket, &owned, &err);
 	ereport(ERROR,
 			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("could not obtain redis lock \"%s\" within %d ms", key, timeout_ms),
+			 errmsg("could not obtain redis lock \"%s\" within %d ms", ref->key, timeout_ms),
 			 errhint("The timeout comes from the timeout argument, or else from lock_timeout.")));
 }
 
 /*
- * Wait in the lock's FIFO queue until we own it, and return the fencing token. timeout_ms 0 waits
- * without limit (cancel and statement_timeout still end the wait). *lease_start is set no later than
- * the moment Redis granted the lease.
+ * Wait in the lock's FIFO queue until acquisition owns it, and return the fencing token. timeout_ms 0
+ * waits without limit (cancel and statement_timeout still end the wait). *lease_start_ms (monotonic)
+ * is no later than the moment Redis granted the lease.
  */
 int64
-redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start)
+lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout_ms,
+			int64 *lease_start_ms)
 {
-	TimestampTz deadline = 0;
-	TimestampTz not_granted_at = 0;
+	int64		deadline = 0;
+	int64		not_granted_at = 0;
 	const char *mode = "wait";
 	AcquireResult res;
 
 	if (timeout_ms > 0)
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	lock_table_set_pending(key);
+		deadline = redislock_monotonic_ms() + timeout_ms;
 
 	for (;;)
 	{
-		TimestampTz sent = GetCurrentTimestamp();
+		int64		sent = redislock_monotonic_ms();
 		int			block_ms = REDISLOCK_RECHECK_MS;
 
 		CHECK_FOR_INTERRUPTS();
-		acquire_call(key, ttl_ms, mode, true, &res);
+		acquire_call(ref, acquisition, ttl_ms, mode, &res);
 		if (res.acquired)
 		{
 			/* a grant found by a re-check was made after our last look that saw none */
-			*lease_start = strcmp(mode, "wait") == 0 ? sent : not_granted_at;
-			break;
+			*lease_start_ms = strcmp(mode, "wait") == 0 ? sent : not_granted_at;
+			return res.token;
 		}
 		not_granted_at = sent;
 		mode = "recheck";
@@ -326,20 +273,19 @@ redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_
 			block_ms = (int) res.lease_left_ms + 5;
 		if (deadline != 0)
 		{
-			long		left = ms_left(deadline);
+			int64		left = deadline - redislock_monotonic_ms();
 
 			if (left <= 0)
-				give_up_wait(key, timeout_ms);
-			block_ms = Min(block_ms, left);
+				give_up_wait(ref, timeout_ms);
+			block_ms = (int) Min(block_ms, left);
 		}
 		block_ms = Max(block_ms, 10);
 
-		sent = GetCurrentTimestamp();
-		switch (wait_for_grant(key, block_ms, &res.token))
+		sent = redislock_monotonic_ms();
+		switch (wait_for_grant(ref, acquisition, block_ms, &res.token))
 		{
 			case GRANT_RECEIVED:
-				*lease_start = not_granted_at;
-				lock_table_clear_pending();
+				*lease_start_ms = not_granted_at;
 				return res.token;
 			case GRANT_NOT_YET:
 				not_granted_at = sent;
@@ -348,121 +294,22 @@ redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_
 				/* not_granted_at stays: a grant may have come at any time since */
 				break;
 		}
-		if (deadline != 0 && ms_left(deadline) <= 0)
-			give_up_wait(key, timeout_ms);
+		if (deadline != 0 && redislock_monotonic_ms() >= deadline)
+			give_up_wait(ref, timeout_ms);
 	}
-	lock_table_clear_pending();
-	return res.token;
 }
 
 /*
- * Run n commands of one script, whose keys are lk[], in one round trip, and read each answer as 1 or
- * 0 into answers[]. Frees lk[]'s keys and every reply. Returns false with err set on any failure.
+ * Check in one round trip that acquisitions[i] still owns refs[i] with tokens[i], and keep each for
+ * keep_ms[i] more: the check before commit, and the lease keeper's renewal. kept[i] is 1 or 0. Returns
+ * false with err set when Redis could not answer.
  */
-static bool
-run_yes_no_scripts(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds, LockKeys *lk,
-				   int *answers, bool interruptible, RedisError *err)
-{
-	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
-	redisReply **replies = palloc0(n * sizeof(redisReply *));
-	bool		ok;
-
-	for (int i = 0; i < n; i++)
-		ids[i] = id;
-	ok = redis_run_scripts(server, n, cmds, ids, replies, redislock_command_timeout_ms,
-						   interruptible, err);
-	for (int i = 0; ok && i < n; i++)
-	{
-		if (replies[i]->type == REDIS_REPLY_ERROR)
-		{
-			redis_error_from_reply(server, replies[i], err);
-			ok = false;
-		}
-		else if (!reply_is_integer(replies[i]))
-		{
-			redis_error_malformed(server, "a script answered with an unexpected shape", err);
-			ok = false;
-		}
-		else
-			answers[i] = replies[i]->integer == 1;
-	}
-	redis_free_replies(n, replies);
-	for (int i = 0; i < n; i++)
-		lock_keys_free(&lk[i]);
-	pfree(replies);
-	pfree(ids);
-	return ok;
-}
-
-/*
- * The release script commands for refs[0..n-1] into cmds[], their keys into lk[] (freed by the caller
- * with lock_keys_free); whole: with the script's text (EVAL) rather than its SHA1.
- */
-void
-release_commands_build(int n, const LockRef *refs, bool whole, RedisCommand *cmds, LockKeys *lk)
-{
-	const char *args[1] = {redislock_holder_id()};
-
-	for (int i = 0; i < n; i++)
-	{
-		lock_keys_build(&refs[i], &lk[i]);
-		if (whole)
-			redis_script_command_whole(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
-		else
-			redis_script_command(&cmds[i], SCRIPT_RELEASE, &lk[i], 1, args);
-	}
-}
-
-/* Release refs[0..n-1] on server in one round trip; whole: send the script's text (EVAL). */
-static bool
-release_on(RedisServer *server, int n, const LockRef *refs, int *owned, bool whole,
-		   bool interruptible, RedisError *err)
+bool
+lockop_verify_many(int n, const LockRef *refs, const char *const *acquisitions, const int64 *tokens,
+				   const int *keep_ms, int *kept, bool interruptible, RedisError *err)
 {
 	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
-	LockKeys   *lk = palloc(n * sizeof(LockKeys));
-	bool		ok;
-
-	release_commands_build(n, refs, whole, cmds, lk);
-	ok = run_yes_no_scripts(server, n, SCRIPT_RELEASE, cmds, lk, owned, interruptible, err);
-	pfree(lk);
-	pfree(cmds);
-	return ok;
-}
-
-/*
- * Release locks (or leave their queues) in one round trip. owned[i] says whether we still owned refs[i]
- * (1) or had lost it (0). Returns false with err set when Redis could not be reached; never throws
- * unless interruptible.
- */
-bool
-redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible, RedisError *err)
-{
-	return release_on(server_for_call(interruptible), n, refs, owned, false, interruptible, err);
-}
-
-/*
- * Run again, on server (the connection they were first sent on, whatever the settings say now) and with
- * the script's text, releases whose EVALSHA met NOSCRIPT. Not interruptible; as
- * redis_lock_release_many otherwise.
- */
-bool
-redis_lock_release_again(RedisServer *server, int n, const LockRef *refs, int *owned,
-						 RedisError *err)
-{
-	return release_on(server, n, refs, owned, true, false, err);
-}
-
-/*
- * Check in one round trip that holders[i] (NULL: this backend) still owns refs[i] with tokens[i],
- * and keep each for keep_ms[i] more: the check before commit, and the lease keeper's renewal. kept[i]
- * is 1 or 0. Returns false with err set when Redis could not answer.
- */
-bool
-redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, const int64 *tokens,
-					   const int *keep_ms, int *kept, bool interruptible, RedisError *err)
-{
-	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
-	LockKeys   *lk = palloc(n * sizeof(LockKeys));
+	LockKeys   *keys = palloc(n * sizeof(LockKeys));
 	char	  (*token_text)[24] = palloc(n * sizeof(*token_text));
 	char	  (*keep_text)[16] = palloc(n * sizeof(*keep_text));
 	bool		ok;
@@ -473,15 +320,17 @@ redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, c
 
 		snprintf(token_text[i], sizeof(token_text[i]), INT64_FORMAT, tokens[i]);
 		snprintf(keep_text[i], sizeof(keep_text[i]), "%d", keep_ms[i]);
-		args[0] = holders && holders[i] ? holders[i] : redislock_holder_id();
+		args[0] = acquisitions[i];
 		args[1] = token_text[i];
 		args[2] = keep_text[i];
-		lock_keys_build(&refs[i], &lk[i]);
-		redis_script_command(&cmds[i], SCRIPT_VERIFY, &lk[i], 3, args);
+		names_lock_keys(&refs[i], &keys[i]);
+		script_command(&cmds[i], SCRIPT_VERIFY, &keys[i], 3, args);
 	}
-	ok = run_yes_no_scripts(server_for_call(interruptible), n, SCRIPT_VERIFY, cmds, lk, kept,
-							interruptible, err);
-	pfree(lk);
+	ok = script_run_yes_no(server_for_call(interruptible), n, SCRIPT_VERIFY, cmds, kept,
+						   interruptible, err);
+	for (int i = 0; i < n; i++)
+		names_lock_keys_free(&keys[i]);
+	pfree(keys);
 	pfree(token_text);
 	pfree(keep_text);
 	pfree(cmds);
@@ -490,7 +339,7 @@ redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders, c
 
 /* What Redis knows of a lock now. Throws on failure. */
 void
-redis_lock_info_fetch(const char *key, LockInfo *info)
+lockop_info(const LockRef *ref, LockInfo *info)
 {
 	RedisServer *server = server_for_call(true);
 	LockKeys	keys;
@@ -498,13 +347,12 @@ redis_lock_info_fetch(const char *key, LockInfo *info)
 	RedisScriptId id = SCRIPT_INFO;
 	redisReply *reply;
 	RedisError	err;
-	LockRef		ref = {redislock_key_prefix, key};
 	bool		ok;
 
-	lock_keys_build(&ref, &keys);
-	redis_script_command(&cmd, id, &keys, 0, NULL);
-	ok = redis_run_scripts(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err);
-	lock_keys_free(&keys);
+	names_lock_keys(ref, &keys);
+	script_command(&cmd, id, &keys, 0, NULL);
+	ok = script_run(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err);
+	names_lock_keys_free(&keys);
 	if (!ok)
 		redis_raise(&err);
 

@@ -11,8 +11,9 @@
  * held in both scopes stays held in Redis until both counts are zero. With the lease keeper, every
  * held lock is also entered in the shared registry (registry.c).
  *
- * Besides held locks the table tracks one pending key (a lock call in flight, whose effect in Redis is
- * not yet known) and the first key this transaction found lost, which forbids its COMMIT.
+ * Each entry keeps the release ticket of its acquisition (release.c); removing an entry hands the
+ * ticket back to the caller. Walking the table needs no allocation (the array it fills is grown when
+ * locks are added), so that commit and abort callbacks can walk it.
  */
 #include "redislock.h"
 
@@ -22,11 +23,8 @@
 #include "utils/timestamp.h"
 
 static HTAB *held_locks = NULL;
-static char pending_key[REDISLOCK_KEY_MAX + 1];
-static char pending_prefix[REDISLOCK_PREFIX_MAX + 1];
-static bool has_pending = false;
-static char lost_key[REDISLOCK_KEY_MAX + 1];
-static bool has_lost = false;
+static HeldLock **walk = NULL;	/* what lock_table_collect* fill: room for every entry */
+static int	walk_cap = 0;
 
 static HTAB *
 table(void)
@@ -50,18 +48,38 @@ lock_table_find(const char *key)
 	return hash_search(table(), key, HASH_FIND, NULL);
 }
 
+/*
+ * Enter a lock just taken by the lock call in flight, whose release ticket the table takes over from
+ * release.c once the entry exists (until then an ERROR leaves the call to be undone), with its first
+ * hold (a session hold when session). ERROR when the keeper's registry is full; the lock is then a
+ * hold of this (sub)transaction, so that the abort releases it.
+ */
 HeldLock *
-lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start, bool session)
+lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, bool session)
 {
 	bool		found;
-	HeldLock   *lock = hash_search(table(), key, HASH_ENTER, &found);
+	HeldLock   *lock;
+	ReleaseTicket *ticket;
 
+	if (walk_cap < lock_table_count() + 1)
+	{
+		int			cap = Max(16, 2 * (lock_table_count() + 1));
+
+		walk = walk ? repalloc(walk, cap * sizeof(HeldLock *)) :
+			MemoryContextAlloc(TopMemoryContext, cap * sizeof(HeldLock *));
+		walk_cap = cap;
+	}
+	lock = hash_search(table(), key, HASH_ENTER, &found);
 	Assert(!found);
-	strlcpy(lock->prefix, redislock_key_prefix, sizeof(lock->prefix));
+	ticket = release_call_finished();
+	strlcpy(lock->prefix, ticket->prefix, sizeof(lock->prefix));
+	strlcpy(lock->acquisition, ticket->acquisition, sizeof(lock->acquisition));
+	lock->ticket = ticket;
+	ticket->held = true;
 	lock->token = token;
 	lock->ttl_ms = ttl_ms;
 	lock->acquired_at = GetCurrentTimestamp();
-	lock->lease_start = lease_start;
+	lock->lease_start_ms = lease_start_ms;
 	lock->connection_epoch = redis_connection_epoch(redis_primary_server());
 	lock->session_holds = session ? 1 : 0;
 	lock->nholds = 0;
@@ -75,10 +93,6 @@ lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start
 	}
 	PG_CATCH();
 	{
-		/*
-		 * The keeper could not take it on (registry full): make it a hold of this (sub)transaction,
-		 * so that the abort releases it in Redis rather than keep a lock nobody renews.
-		 */
 		lock->session_holds = 0;
 		if (lock->nholds == 0)
 			lock_table_push_hold(lock);
@@ -89,7 +103,7 @@ lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start
 }
 
 LockRef
-lock_ref_of(const HeldLock *lock)
+lock_table_ref(const HeldLock *lock)
 {
 	LockRef		ref = {lock->prefix, lock->key};
 
@@ -114,12 +128,16 @@ lock_table_pop_hold(HeldLock *lock)
 	lock->nholds--;
 }
 
-void
+/* Forget a lock; returns its release ticket, which the caller releases or frees. */
+ReleaseTicket *
 lock_table_remove(HeldLock *lock)
 {
+	ReleaseTicket *ticket = lock->ticket;
+
 	registry_remove(lock->key);
 	pfree(lock->hold_levels);
 	hash_search(table(), lock->key, HASH_REMOVE, NULL);
+	return ticket;
 }
 
 int
@@ -128,7 +146,7 @@ lock_table_count(void)
 	return held_locks ? (int) hash_get_num_entries(held_locks) : 0;
 }
 
-/* Every held lock, in a palloc'd array the caller frees. */
+/* Every held lock. The array is the table's, valid until the next lock_table_* call that adds. */
 int
 lock_table_collect(HeldLock ***locks)
 {
@@ -143,14 +161,14 @@ lock_table_collect_level(int level, HeldLock ***locks)
 	HeldLock   *lock;
 	int			n = 0;
 
-	*locks = palloc(Max(lock_table_count(), 1) * sizeof(HeldLock *));
+	*locks = walk;
 	if (held_locks == NULL)
 		return 0;
 	hash_seq_init(&status, held_locks);
 	while ((lock = hash_seq_search(&status)) != NULL)
 	{
 		if (level < 0 || (lock->nholds > 0 && lock->hold_levels[lock->nholds - 1] >= level))
-			(*locks)[n++] = lock;
+			walk[n++] = lock;
 	}
 	return n;
 }
@@ -170,69 +188,4 @@ lock_table_reassign_level(int from_level, int to_level)
 		for (int i = lock->nholds - 1; i >= 0 && lock->hold_levels[i] >= from_level; i--)
 			lock->hold_levels[i] = to_level;
 	}
-}
-
-void
-lock_table_set_pending(const char *key)
-{
-	strlcpy(pending_key, key, sizeof(pending_key));
-	strlcpy(pending_prefix, redislock_key_prefix, sizeof(pending_prefix));
-	has_pending = true;
-}
-
-void
-lock_table_clear_pending(void)
-{
-	has_pending = false;
-}
-
-bool
-lock_table_pending(LockRef *ref)
-{
-	if (has_pending && ref != NULL)
-	{
-		ref->prefix = pending_prefix;
-		ref->key = pending_key;
-	}
-	return has_pending;
-}
-
-void
-lock_table_note_lost(const char *key)
-{
-	if (!has_lost)
-	{
-		strlcpy(lost_key, key, sizeof(lost_key));
-		has_lost = true;
-	}
-}
-
-const char *
-lock_table_lost(void)
-{
-	return has_lost ? lost_key : NULL;
-}
-
-/*
- * Forget what ends with the transaction: its holds (a lock with session holds stays), the pending key
- * and any lost-lock mark. With all_scopes, session locks go too (backend exit).
- */
-void
-lock_table_reset_xact(bool all_scopes)
-{
-	HASH_SEQ_STATUS status;
-	HeldLock   *lock;
-
-	if (held_locks != NULL)
-	{
-		hash_seq_init(&status, held_locks);
-		while ((lock = hash_seq_search(&status)) != NULL)
-		{
-			lock->nholds = 0;
-			if (all_scopes || lock->session_holds == 0)
-				lock_table_remove(lock);	/* dynahash allows deleting the current entry */
-		}
-	}
-	has_pending = false;
-	has_lost = false;
 }

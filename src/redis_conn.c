@@ -83,11 +83,48 @@ redis_primary_server(void)
 	return &primary_server;
 }
 
+static void inbox_reserve(RedisServer *server, int n);
+
 static void
 inbox_clear(RedisServer *server)
 {
 	redis_free_replies(server->inbox_len, server->inbox);
 	server->inbox_len = 0;
+}
+
+/*
+ * No reply redislock expects is an array of more than a handful of elements. hiredis allocates an
+ * array as soon as it reads its length, and frees it element by element: a Redis (or something
+ * pretending to be one) that announces two billion elements would cost gigabytes and a long loop in
+ * redisFree. The reader of every connection refuses such an array at once (a protocol error).
+ */
+#define REDIS_MAX_REPLY_ELEMENTS 1024
+
+static redisReplyObjectFunctions guarded_functions;
+static void *(*hiredis_create_array) (const redisReadTask *, int) = NULL;
+static int	refused_elements = 0;	/* the length of the last array refused, for the message */
+
+static void *
+guarded_create_array(const redisReadTask *task, int elements)
+{
+	if (elements > REDIS_MAX_REPLY_ELEMENTS)
+	{
+		refused_elements = elements;
+		return NULL;			/* hiredis makes this a reader error */
+	}
+	return hiredis_create_array(task, elements);
+}
+
+static void
+guard_reader(redisContext *ctx)
+{
+	if (hiredis_create_array == NULL)
+	{
+		guarded_functions = *ctx->reader->fn;
+		hiredis_create_array = guarded_functions.createArray;
+		guarded_functions.createArray = guarded_create_array;
+	}
+	ctx->reader->fn = &guarded_functions;
 }
 
 /* Close the connection, if any, and drop whatever it was in the middle of. */
@@ -126,6 +163,7 @@ static void
 set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
 pg_attribute_printf(4, 5);
 
+/* err says fmt..., with hint (NULL: none); no detail. */
 static void
 set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
 {
@@ -136,6 +174,8 @@ set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
 	vsnprintf(err->message, sizeof(err->message), fmt, args);
 	va_end(args);
 	snprintf(err->hint, sizeof(err->hint), "%s", hint ? hint : "");
+	err->detail[0] = '\0';
+	err->timed_out = false;
 }
 
 static long
@@ -220,6 +260,7 @@ flush_output(RedisServer *server, TimestampTz deadline, bool interruptible, Redi
 			set_error(err, ERRCODE_CONNECTION_FAILURE,
 					  "Check that Redis is running and not overloaded, or raise redislock.command_timeout.",
 					  "Redis at %s did not accept a command in time", server->name);
+			err->timed_out = true;
 			return false;
 		}
 	}
@@ -235,10 +276,16 @@ read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, b
 	{
 		void	   *reply = NULL;
 
+		refused_elements = 0;
 		if (redisGetReplyFromReader(server->ctx, &reply) == REDIS_ERR)
 		{
-			set_error(err, ERRCODE_PROTOCOL_VIOLATION, NULL,
-					  "invalid reply from Redis at %s: %s", server->name, server->ctx->errstr);
+			if (refused_elements != 0)
+				set_error(err, ERRCODE_PROTOCOL_VIOLATION, NULL,
+						  "invalid reply from Redis at %s: an array of %d elements", server->name,
+						  refused_elements);
+			else
+				set_error(err, ERRCODE_PROTOCOL_VIOLATION, NULL,
+						  "invalid reply from Redis at %s: %s", server->name, server->ctx->errstr);
 			return false;
 		}
 		if (reply != NULL)
@@ -251,6 +298,7 @@ read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, b
 			set_error(err, ERRCODE_CONNECTION_FAILURE,
 					  "Check that Redis is running and not overloaded, or raise redislock.command_timeout.",
 					  "Redis at %s did not answer within %d ms", server->name, timeout_ms);
+			err->timed_out = true;
 			return false;
 		}
 		if (redisBufferRead(server->ctx) == REDIS_ERR)
@@ -264,6 +312,16 @@ read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, b
 		}
 	}
 	return true;
+}
+
+/*
+ * Room for n replies in the server's inbox, made ahead of a commit or abort callback that must not
+ * allocate (see release.c).
+ */
+void
+redis_reserve_replies(RedisServer *server, int n)
+{
+	inbox_reserve(server, n);
 }
 
 static void
@@ -293,18 +351,56 @@ append_commands(RedisServer *server, int ncmds, const RedisCommand *cmds)
 	}
 }
 
-/* The one-time AUTH / SELECT after connecting, when the settings ask for them. */
+/*
+ * An eviction policy other than noeviction lets Redis delete lock keys to make room (every lock key has
+ * a TTL, so the volatile-* policies pick them first) while the connection stays up: nothing would tell
+ * a holder before its COMMIT. Say so once per connection. info is INFO's answer; a Redis that does not
+ * let us ask (an ACL without INFO) is not judged.
+ */
+static void
+warn_if_evicting(RedisServer *server, const redisReply *info)
+{
+	const char *field = "maxmemory_policy:";
+	const char *p;
+	char		policy[64];
+	size_t		n = 0;
+
+	if (info->type != REDIS_REPLY_STRING && info->type != REDIS_REPLY_STATUS)
+		return;
+	p = info->str ? strstr(info->str, field) : NULL;
+	if (p == NULL)
+		return;
+	p += strlen(field);
+	while (n < sizeof(policy) - 1 && p[n] != '\0' && p[n] != '\r' && p[n] != '\n')
+	{
+		policy[n] = p[n];
+		n++;
+	}
+	policy[n] = '\0';
+	if (strcmp(policy, "noeviction") == 0)
+		return;
+	ereport(WARNING,
+			(errcode(ERRCODE_WARNING),
+			 errmsg("Redis at %s may evict redis locks: its maxmemory-policy is %s", server->name, policy),
+			 errdetail("Every redislock key has a TTL; when Redis reaches maxmemory it may delete a held lock while its holder still works, and another backend can then take it."),
+			 errhint("Set maxmemory-policy noeviction on that Redis, or turn on redislock.verify_at_commit.")));
+}
+
+/*
+ * What follows connecting, in one round trip: AUTH and SELECT when the settings ask for them, and INFO
+ * memory for the eviction policy.
+ */
 static bool
 handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisError *err)
 {
-	RedisCommand cmds[2];
+	RedisCommand cmds[3];
 	int			n = 0;
 	char		db[16];
+	RedisCommand *c;
 
 	if (redislock_password[0] != '\0')
 	{
-		RedisCommand *c = &cmds[n++];
-
+		c = &cmds[n++];
 		c->argc = 0;
 		c->argv[c->argc] = "AUTH";
 		c->argvlen[c->argc++] = 4;
@@ -318,8 +414,7 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 	}
 	if (redislock_database != 0)
 	{
-		RedisCommand *c = &cmds[n++];
-
+		c = &cmds[n++];
 		snprintf(db, sizeof(db), "%d", redislock_database);
 		c->argc = 2;
 		c->argv[0] = "SELECT";
@@ -327,15 +422,19 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 		c->argv[1] = db;
 		c->argvlen[1] = strlen(db);
 	}
-	if (n == 0)
-		return true;
+	c = &cmds[n++];
+	c->argc = 2;
+	c->argv[0] = "INFO";
+	c->argvlen[0] = 4;
+	c->argv[1] = "memory";
+	c->argvlen[1] = 6;
 
 	inbox_reserve(server, n);
 	append_commands(server, n, cmds);
 	if (!flush_output(server, deadline, interruptible, err) ||
 		!read_replies(server, n, deadline, redislock_connect_timeout_ms, interruptible, err))
 		return false;
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n - 1; i++)
 	{
 		if (server->inbox[i]->type == REDIS_REPLY_ERROR)
 		{
@@ -343,6 +442,7 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 			return false;
 		}
 	}
+	warn_if_evicting(server, server->inbox[n - 1]);
 	inbox_clear(server);
 	return true;
 }
@@ -383,6 +483,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 		redis_disconnect(server);
 		return false;
 	}
+	guard_reader(server->ctx);
 
 	/*
 	 * hiredis started a non-blocking connect; it is done when the socket is writable. Until the
@@ -496,6 +597,7 @@ send_behind_stalled(RedisServer *server, int ncmds, const RedisCommand *cmds, Re
 	set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
 			  "Redis at %s did not answer a moment ago; commands were sent without waiting for replies",
 			  server->name);
+	err->timed_out = true;
 	return false;
 }
 
@@ -562,6 +664,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 
 	err->sent = false;
 	err->connection_lost = false;
+	err->timed_out = false;
 
 	/*
 	 * Replies owed to redis_send_unanswered come first on the stream. Their sender reads them before
@@ -578,6 +681,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 		pfree(late);
 		err->sent = false;
 		err->connection_lost = false;
+		err->timed_out = false;
 	}
 	if (server->in_flight && !interruptible && server->timed_out_at == 0)
 		settle_interrupted(server);
@@ -620,27 +724,39 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 }
 
 /*
- * Send commands in one write without waiting for their replies: Redis runs them as soon as it reads
- * them, and the replies wait in the socket until redis_read_unanswered reads them, which must happen
- * before this connection's next round trip. Only on a connection that is up and idle (the check needs
- * one that owes no replies; one that does is taken as it is); otherwise nothing is sent, err->sent is
- * false, and the caller takes a round trip instead. Never throws, never waits longer than redislock.command_timeout (and only when the
- * socket's send buffer is full).
+ * Send commands, already formatted, in one write without waiting for their replies: Redis runs them as
+ * soon as it reads them, and the replies wait in the socket until redis_read_unanswered reads them,
+ * which must happen before this connection's next round trip. Only on a connection that is up and idle
+ * (the check needs one that owes no replies; one that does is taken as it is); otherwise nothing is
+ * sent, err->sent is false, and the caller takes a round trip instead. Never throws and allocates
+ * nothing of PostgreSQL's (hiredis's output buffer may grow); waits at most redislock.command_timeout,
+ * and only when the socket's send buffer is full.
  */
 bool
-redis_send_unanswered(RedisServer *server, int ncmds, const RedisCommand *cmds, RedisError *err)
+redis_send_unanswered(RedisServer *server, int ncmds, const RedisFormatted *cmds, RedisError *err)
 {
 	TimestampTz deadline;
 
 	err->sent = false;
 	err->connection_lost = false;
+	err->timed_out = false;
 	if (server->ctx == NULL || server->in_flight || server->timed_out_at != 0 ||
 		redislock_connection_settings_changed ||
 		(server->unanswered == 0 && !redis_connection_intact(server, server->connections)))
 		return false;
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), redislock_command_timeout_ms);
+	for (int i = 0; i < ncmds; i++)
+	{
+		if (redisAppendFormattedCommand(server->ctx, cmds[i].buf, cmds[i].len) != REDIS_OK)
+		{
+			/* out of memory in hiredis: the buffer may hold part of a command */
+			set_error(err, ERRCODE_OUT_OF_MEMORY, NULL,
+					  "could not send to Redis at %s: out of memory", server->name);
+			redis_disconnect(server);
+			return false;
+		}
+	}
 	err->sent = true;
-	append_commands(server, ncmds, cmds);
 	if (!flush_output(server, deadline, false, err))
 	{
 		redis_disconnect(server);
@@ -672,6 +788,7 @@ redis_read_unanswered(RedisServer *server, redisReply **replies, bool interrupti
 
 	err->sent = true;
 	err->connection_lost = false;
+	err->timed_out = false;
 	Assert(server->ctx != NULL && !server->in_flight);
 	inbox_clear(server);
 	inbox_reserve(server, n);
@@ -692,7 +809,34 @@ redis_read_unanswered(RedisServer *server, redisReply **replies, bool interrupti
 }
 
 /*
- * Describe a Redis error reply as an error of ours, with the SQLSTATE and hint that fit its code.
+ * The Redis ACL rule that lets a user do all that redislock does under the current key prefix: its
+ * keys (every one starts with "{<prefix>"), the commands it sends, and those its scripts call. INFO is
+ * only for the eviction-policy check at connect, SELECT only for redislock.database.
+ */
+const char *
+redis_acl_rule(void)
+{
+	static char rule[REDISLOCK_PREFIX_MAX + 256];
+
+	snprintf(rule, sizeof(rule),
+			 "~{%s* -@all +evalsha +eval +blpop +info +select +time +hget +hmget +hset +hdel +del +exists +pexpire +rpush +zadd +zrange +zrem +zcard",
+			 redislock_key_prefix);
+	return rule;
+}
+
+/* Whether an error reply is an ACL denial, of a command we sent or of one a script called. */
+static bool
+reply_is_acl_denial(const char *s)
+{
+	return strncmp(s, "NOPERM", 6) == 0 ||
+		strstr(s, "The user executing the script can't") != NULL ||
+		strstr(s, "ACL failure in script") != NULL ||
+		strstr(s, "no permissions to") != NULL;
+}
+
+/*
+ * Describe a Redis error reply as an error of ours, with the SQLSTATE and hint that fit its code; what
+ * Redis said goes in the detail.
  */
 void
 redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError *err)
@@ -705,27 +849,33 @@ redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError 
 		REPLY_STARTS("ERR AUTH"))
 		set_error(err, ERRCODE_INVALID_PASSWORD,
 				  "Check redislock.username and redislock.password.",
-				  "Redis at %s refused authentication: %.*s", server->name, len, s);
-	else if (REPLY_STARTS("NOPERM"))
-		set_error(err, ERRCODE_INSUFFICIENT_PRIVILEGE,
-				  "Grant the Redis ACL user the commands EVALSHA, EVAL, BLPOP and the keys under redislock.key_prefix.",
-				  "Redis at %s denied permission: %.*s", server->name, len, s);
+				  "Redis at %s refused authentication", server->name);
+	else if (reply_is_acl_denial(s))
+	{
+		set_error(err, ERRCODE_INSUFFICIENT_PRIVILEGE, NULL,
+				  "Redis at %s denied permission", server->name);
+		snprintf(err->hint, sizeof(err->hint),
+				 "Give the Redis user of redislock.username the keys and commands redislock uses: ACL SETUSER <user> %s",
+				 redis_acl_rule());
+	}
 	else if (REPLY_STARTS("OOM"))
 		set_error(err, ERRCODE_OUT_OF_MEMORY,
 				  "Raise Redis's maxmemory or free memory there.",
-				  "Redis at %s is out of memory: %.*s", server->name, len, s);
+				  "Redis at %s is out of memory", server->name);
 	else if (REPLY_STARTS("READONLY"))
 		set_error(err, ERRCODE_READ_ONLY_SQL_TRANSACTION,
 				  "Point redislock.host and redislock.port at the master.",
-				  "Redis at %s is a read-only replica: %.*s", server->name, len, s);
+				  "Redis at %s is a read-only replica", server->name);
 	else if (REPLY_STARTS("LOADING") || REPLY_STARTS("BUSY") || REPLY_STARTS("MASTERDOWN") ||
 			 REPLY_STARTS("TRYAGAIN") || REPLY_STARTS("CLUSTERDOWN"))
 		set_error(err, ERRCODE_CANNOT_CONNECT_NOW, "Retry when Redis is ready.",
-				  "Redis at %s is not ready: %.*s", server->name, len, s);
+				  "Redis at %s is not ready", server->name);
 	else
 		set_error(err, ERRCODE_CONNECTION_EXCEPTION, NULL,
-				  "Redis at %s returned an error: %.*s", server->name, len, s);
+				  "Redis at %s returned an error", server->name);
 #undef REPLY_STARTS
+	/* never the password: Redis does not echo AUTH's arguments in its errors */
+	snprintf(err->detail, sizeof(err->detail), "Redis answered: %.*s", len, s);
 }
 
 /* A reply of the wrong shape: the server is not the Redis we expect, or the stream is corrupt. */
@@ -743,16 +893,18 @@ redis_raise(const RedisError *err)
 	ereport(ERROR,
 			(errcode(err->sqlstate),
 			 errmsg_internal("%s", err->message),
+			 err->detail[0] ? errdetail_internal("%s", err->detail) : 0,
 			 err->hint[0] ? errhint("%s", err->hint) : 0));
 	pg_unreachable();
 }
 
+/* The error as a WARNING; context, a sentence, says what follows from it. */
 void
 redis_warn(const RedisError *err, const char *context)
 {
 	ereport(WARNING,
 			(errcode(err->sqlstate),
 			 errmsg_internal("%s", err->message),
-			 errdetail_internal("%s", context),
+			 errdetail_internal("%s%s%s", err->detail, err->detail[0] ? " " : "", context),
 			 err->hint[0] ? errhint("%s", err->hint) : 0));
 }

@@ -25,5 +25,5 @@ _PG_init(void)
 		registry_install_hooks();
 		keeper_register();
 	}
-	redislock_install_utility_hook();
+	xact_install_utility_hook();
 }

@@ -2,32 +2,45 @@
  * redislock.h
  *		Declarations shared by the files of the redislock extension.
  *
- * Files and what each owns:
+ * Files and what each owns (a function's prefix names its file):
  *	redislock.c		module entry point (_PG_init)
- *	settings.c		the redislock.* settings
- *	redis_conn.c	Redis connections and their interruptible, time-bounded I/O
- *	scripts.c		the Lua scripts (embedded at build time) and EVALSHA with NOSCRIPT fallback
- *	lock_ops.c		lock operations in Redis: acquire, wait in the FIFO queue, release, verify, info
- *	deferred_release.c	releases at transaction end sent without waiting, and reading their answers
- *	lock_table.c	this backend's held locks, their hold counts and subtransaction levels
- *	xact.c			transaction, subtransaction and backend-exit integration
+ *	settings.c		the redislock.* settings (redislock_*)
+ *	redis_conn.c	Redis connections and their interruptible, time-bounded I/O (redis_*)
+ *	names.c			every name redislock uses in Redis: the keys of a lock, the ids of its holders (names_*)
+ *	scripts.c		the Lua scripts (embedded at build time), EVALSHA with NOSCRIPT fallback (script_*)
+ *	lock_ops.c		taking a lock in Redis: try, wait in the FIFO queue; verify; inspect (lockop_*)
+ *	release.c		every release: at transaction end without waiting, now, the undo of a call cut
+ *					short, and releases whose outcome is still unknown (release_*)
+ *	lock_table.c	this backend's held locks, their hold counts and subtransaction levels (lock_table_*)
+ *	xact.c			transaction, subtransaction and backend-exit integration; the check before
+ *					commit (xact_*)
  *	sql_api.c		the SQL-callable functions and their argument checks
- *	registry.c		the shared registry of held locks (with shared_preload_libraries)
- *	keeper.c		the lease keeper, a background worker that renews the registry's leases
+ *	registry.c		the shared registry of held locks (with shared_preload_libraries) (registry_*)
+ *	keeper.c		the lease keeper, a background worker that renews the registry's leases (keeper_*)
+ *
+ * Calls go one way, with no cycle between files: sql_api → xact → lock_ops → release → scripts,
+ * names → redis_conn; sql_api and xact also call lock_table (→ registry) and release directly;
+ * keeper → registry, lock_ops.
  */
 #ifndef REDISLOCK_H
 #define REDISLOCK_H
 
 #include "postgres.h"
 
+#include <time.h>
+
 #include <hiredis/hiredis.h>
 
 #include "datatype/timestamp.h"
+#include "utils/timestamp.h"
 
 /* Longest lock key accepted, and longest redislock.key_prefix, in bytes. */
 #define REDISLOCK_KEY_MAX 1024
 #define REDISLOCK_PREFIX_MAX 256
-/* Longest holder id: "<host>:<port>:<pid>:<nonce>" with a host name of up to 255 bytes. */
+/*
+ * Longest acquisition id: "<host>:<port>:<pid>:<nonce>:<n>" with a host name of up to 255 bytes and a
+ * 64-bit counter.
+ */
 #define REDISLOCK_HOLDER_MAX 320
 
 /*
@@ -42,11 +55,35 @@ typedef struct LockRef
 
 /*
  * How often a waiting backend re-checks its place (heartbeat), and how long a queued waiter that stops
- * re-checking is still taken for alive. A waiter that dies without cleaning up blocks those behind it
- * for at most REDISLOCK_WAITER_LIVENESS_MS.
+ * re-checking is still taken for alive (2 heartbeats and a command_timeout).
  */
 #define REDISLOCK_RECHECK_MS 1000
-#define REDISLOCK_WAITER_LIVENESS_MS 3000
+
+/*
+ * Leases are timed on the monotonic clock, in milliseconds: a step of the wall clock must not make an
+ * expired lease look alive. The clock is system-wide, so the keeper and the backends compare readings.
+ */
+static inline int64
+redislock_monotonic_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static inline int64
+redislock_monotonic_ms(void)
+{
+	return redislock_monotonic_us() / 1000;
+}
+
+/* The wall-clock time at which a monotonic reading (ms) is or was, for display. */
+static inline TimestampTz
+redislock_wall_time_of(int64 monotonic_ms)
+{
+	return GetCurrentTimestamp() + (monotonic_ms * 1000 - redislock_monotonic_us());
+}
 
 /* settings.c */
 extern char *redislock_host;
@@ -59,8 +96,12 @@ extern int	redislock_command_timeout_ms;
 extern int	redislock_default_ttl_ms;
 extern char *redislock_key_prefix;
 extern bool redislock_synchronous_release;
+extern bool redislock_verify_at_commit;
 extern bool redislock_connection_settings_changed;
 extern void redislock_define_settings(void);
+
+/* Longest any one timeout setting may be: sums of a few of them never overflow an int. */
+#define REDISLOCK_TIMEOUT_MAX_MS (3600 * 1000)
 
 /* redis_conn.c */
 #define REDIS_MAX_ARGS 12
@@ -73,14 +114,23 @@ typedef struct RedisCommand
 	size_t		argvlen[REDIS_MAX_ARGS];
 } RedisCommand;
 
+/* One command already in the wire format (RESP), for sending without formatting or allocating. */
+typedef struct RedisFormatted
+{
+	const char *buf;
+	size_t		len;
+} RedisFormatted;
+
 /* Why a round trip failed, ready to be raised as an ERROR or a WARNING. */
 typedef struct RedisError
 {
 	int			sqlstate;
-	char		message[512];
-	char		hint[256];
+	char		message[256];
+	char		detail[512];	/* what Redis said, when it said something */
+	char		hint[512];
 	bool		sent;			/* the commands may have reached Redis */
 	bool		connection_lost;	/* the connection broke (closed, reset); Redis may be fine */
+	bool		timed_out;		/* Redis did not answer in time (stalled, overloaded) */
 } RedisError;
 
 typedef struct RedisServer RedisServer;
@@ -90,11 +140,12 @@ extern RedisServer *redis_primary_server_as_is(void);
 extern bool redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds,
 							redisReply **replies, int timeout_ms, bool interruptible,
 							RedisError *err);
-extern bool redis_send_unanswered(RedisServer *server, int ncmds, const RedisCommand *cmds,
+extern bool redis_send_unanswered(RedisServer *server, int ncmds, const RedisFormatted *cmds,
 								  RedisError *err);
 extern int	redis_unanswered(RedisServer *server);
 extern bool redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible,
 								  RedisError *err);
+extern void redis_reserve_replies(RedisServer *server, int n);
 extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);
 extern uint64 redis_connection_epoch(RedisServer *server);
@@ -103,15 +154,9 @@ extern void redis_error_from_reply(RedisServer *server, const redisReply *reply,
 extern void redis_error_malformed(RedisServer *server, const char *what, RedisError *err);
 extern void redis_raise(const RedisError *err) pg_attribute_noreturn();
 extern void redis_warn(const RedisError *err, const char *context);
+extern const char *redis_acl_rule(void);
 
-/* scripts.c */
-typedef enum RedisScriptId
-{
-	SCRIPT_ACQUIRE,
-	SCRIPT_RELEASE,
-	SCRIPT_VERIFY,
-	SCRIPT_INFO
-} RedisScriptId;
+/* names.c */
 
 /* The Redis keys of one lock; all share one hash tag. */
 typedef struct LockKeys
@@ -124,15 +169,59 @@ typedef struct LockKeys
 	size_t		waiters_len;
 } LockKeys;
 
-extern void redis_script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
-								 int nargs, const char *const *args);
-extern bool redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds,
-							  RedisScriptId *ids, redisReply **replies, int timeout_ms,
-							  bool interruptible, RedisError *err);
-extern bool redis_reply_is_noscript(const redisReply *reply);
-extern bool redis_script_known(RedisServer *server, RedisScriptId id);
-extern void redis_script_command_whole(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
-									   int nargs, const char *const *args);
+extern const char *names_backend_id(void);
+extern void names_new_acquisition(char *buf, size_t len);
+extern void names_lock_keys(const LockRef *ref, LockKeys *keys);
+extern void names_lock_keys_free(LockKeys *keys);
+extern char *names_grant_key(const LockRef *ref, const char *acquisition);
+
+/* scripts.c */
+typedef enum RedisScriptId
+{
+	SCRIPT_ACQUIRE,
+	SCRIPT_RELEASE,
+	SCRIPT_VERIFY,
+	SCRIPT_INFO
+} RedisScriptId;
+
+extern void script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
+						   int nargs, const char *const *args);
+extern char *script_format(const RedisCommand *cmd, size_t *len);
+extern bool script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *ids,
+					   redisReply **replies, int timeout_ms, bool interruptible, RedisError *err);
+extern bool script_run_yes_no(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds,
+							  int *answers, bool interruptible, RedisError *err);
+extern bool script_reply_is_noscript(const redisReply *reply);
+extern bool script_known(RedisServer *server, RedisScriptId id);
+
+/* release.c */
+
+/*
+ * What it takes to release one acquisition, made when the call that acquires starts (before any
+ * commit), so that releasing at the end of a transaction allocates nothing and cannot fail with an
+ * ERROR: the lock's names, the acquisition id, and the release command in the wire format.
+ */
+typedef struct ReleaseTicket
+{
+	char	   *key;
+	char	   *prefix;
+	char	   *acquisition;
+	char	   *command;		/* EVALSHA of the release script, formatted */
+	size_t		command_len;
+	bool		held;			/* a held lock (its loss is worth a WARNING), not a call's undo */
+	int			ttl_ms;			/* the lease asked for */
+	int64		forget_after_ms;	/* monotonic, once owed: by then Redis has let it go by itself */
+} ReleaseTicket;
+
+extern ReleaseTicket *release_ticket_make(const LockRef *ref, const char *acquisition, int ttl_ms);
+extern void release_ticket_free(ReleaseTicket *ticket);
+extern void release_call_started(ReleaseTicket *ticket);
+extern bool release_call_sent(bool sent);
+extern ReleaseTicket *release_call_finished(void);
+extern void release_enqueue(ReleaseTicket *ticket, bool warn_if_lost);
+extern void release_at_xact_end(bool wait);
+extern bool release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err);
+extern void release_settle(bool interruptible);
 
 /* lock_ops.c */
 typedef struct LockInfo
@@ -144,59 +233,44 @@ typedef struct LockInfo
 	int64		waiters;
 } LockInfo;
 
-extern const char *redislock_holder_id(void);
-extern void lock_keys_build(const LockRef *ref, LockKeys *keys);
-extern void lock_keys_free(LockKeys *keys);
-extern void release_commands_build(int n, const LockRef *refs, bool whole, RedisCommand *cmds,
-								   LockKeys *lk);
-extern bool redis_lock_try(const char *key, int ttl_ms, int64 *token, TimestampTz *lease_start);
-extern int64 redis_lock_wait(const char *key, int ttl_ms, int timeout_ms, TimestampTz *lease_start);
-extern bool redis_lock_release_many(int n, const LockRef *refs, int *owned, bool interruptible,
-									RedisError *err);
-extern bool redis_lock_release_again(RedisServer *server, int n, const LockRef *refs, int *owned,
-									 RedisError *err);
-extern bool redis_lock_verify_many(int n, const LockRef *refs, const char *const *holders,
-								   const int64 *tokens, const int *keep_ms, int *kept,
-								   bool interruptible, RedisError *err);
-extern void redis_lock_info_fetch(const char *key, LockInfo *info);
-
-/* deferred_release.c */
-extern bool redis_lock_release_unanswered(int n, const LockRef *refs, int nheld, RedisError *err);
-extern void redis_lock_settle_releases(bool interruptible);
+extern bool lockop_try(const LockRef *ref, const char *acquisition, int ttl_ms, int64 *token,
+					   int64 *lease_start_ms);
+extern int64 lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout_ms,
+						 int64 *lease_start_ms);
+extern bool lockop_verify_many(int n, const LockRef *refs, const char *const *acquisitions,
+							   const int64 *tokens, const int *keep_ms, int *kept,
+							   bool interruptible, RedisError *err);
+extern void lockop_info(const LockRef *ref, LockInfo *info);
 
 /* lock_table.c */
 typedef struct HeldLock
 {
 	char		key[REDISLOCK_KEY_MAX + 1]; /* hash key: the lock key as given */
 	char		prefix[REDISLOCK_PREFIX_MAX + 1];	/* redislock.key_prefix when taken */
+	char		acquisition[REDISLOCK_HOLDER_MAX + 1];	/* who holds it in Redis: this acquisition */
 	int64		token;			/* fencing token of this acquisition */
 	int			ttl_ms;			/* lease asked for */
-	TimestampTz acquired_at;	/* when this backend got it */
-	TimestampTz lease_start;	/* no later than the lease began in Redis */
+	TimestampTz acquired_at;	/* when this backend got it (wall clock, for display) */
+	int64		lease_start_ms; /* monotonic; no later than the lease began in Redis */
 	uint64		connection_epoch;	/* the Redis connection it was taken on */
 	int			session_holds;	/* holds that outlive transactions (redis_session_lock) */
 	int			nholds;			/* re-entrant transaction holds */
 	int			holds_cap;
 	int		   *hold_levels;	/* transaction nesting level of each hold, oldest first */
+	ReleaseTicket *ticket;		/* its release */
 } HeldLock;
 
 extern HeldLock *lock_table_find(const char *key);
-extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, TimestampTz lease_start,
+extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms,
 								bool session);
-extern LockRef lock_ref_of(const HeldLock *lock);
+extern LockRef lock_table_ref(const HeldLock *lock);
 extern void lock_table_push_hold(HeldLock *lock);
 extern void lock_table_pop_hold(HeldLock *lock);
-extern void lock_table_remove(HeldLock *lock);
+extern ReleaseTicket *lock_table_remove(HeldLock *lock);
 extern int	lock_table_count(void);
 extern int	lock_table_collect(HeldLock ***locks);
 extern int	lock_table_collect_level(int level, HeldLock ***locks);
 extern void lock_table_reassign_level(int from_level, int to_level);
-extern void lock_table_set_pending(const char *key);
-extern void lock_table_clear_pending(void);
-extern bool lock_table_pending(LockRef *ref);
-extern void lock_table_note_lost(const char *key);
-extern const char *lock_table_lost(void);
-extern void lock_table_reset_xact(bool all_scopes);
 
 /* registry.c */
 typedef struct RenewalItem
@@ -204,30 +278,34 @@ typedef struct RenewalItem
 	int			pid;
 	char		key[REDISLOCK_KEY_MAX + 1];
 	char		prefix[REDISLOCK_PREFIX_MAX + 1];
-	char		holder[REDISLOCK_HOLDER_MAX + 1];
+	char		acquisition[REDISLOCK_HOLDER_MAX + 1];
 	int64		token;
 	int			ttl_ms;
-	TimestampTz renewed_at;
+	int64		renewed_ms;		/* monotonic */
 } RenewalItem;
 
 extern int	redislock_max_locks;
 extern void registry_install_hooks(void);
 extern bool registry_active(void);
-extern void registry_publish_keeper_server(void);
+extern void registry_keeper_started(void);
+extern void registry_keeper_tick(void);
+extern void registry_drop_dead(void);
 extern void registry_add(const HeldLock *lock);
 extern void registry_remove(const char *key);
-extern bool registry_lease(const char *key, TimestampTz *renewed_at, bool *lost);
-extern int	registry_collect_due(TimestampTz now, RenewalItem *items, int max);
-extern void registry_record(const RenewalItem *item, bool kept, TimestampTz renewed_at);
+extern bool registry_lease(const char *key, int64 *renewed_ms, bool *lost);
+extern int	registry_collect_due(int64 now_ms, RenewalItem *items, int max);
+extern void registry_record(const RenewalItem *item, bool kept, int64 renewed_ms);
 
 /* keeper.c */
 extern void keeper_register(void);
 extern PGDLLEXPORT void redislock_keeper_main(Datum arg);
 
 /* xact.c */
-extern void redislock_xact_init(void);
-extern void redislock_install_utility_hook(void);
-extern int	redislock_release_all(bool interruptible, bool note_lost);
-extern void redislock_release_one(HeldLock *lock);
+extern void xact_init(void);
+extern void xact_install_utility_hook(void);
+extern void xact_note_lost(const char *key);
+extern int	xact_release_all(bool interruptible);
+extern void xact_release_one(HeldLock *lock, bool xact_hold);
+extern bool xact_forget_if_lost(HeldLock *lock);
 
 #endif							/* REDISLOCK_H */

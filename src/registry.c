@@ -3,11 +3,16 @@
  *		The server-wide registry of held Redis locks, in shared memory, for the lease keeper.
  *
  * It exists only when redislock is in shared_preload_libraries. Each backend enters the locks it
- * holds (pid, key, prefix, holder id, token, lease) and removes them when it releases them; the lease
- * keeper (keeper.c) reads it to renew leases and writes back when it renewed a lease or found a lock
- * lost. One LWLock guards the table; every section under it is short and does no I/O.
+ * holds (pid, key, prefix, acquisition id, token, lease) and removes them when it releases them; the
+ * lease keeper (keeper.c) reads it to renew leases and writes back when it renewed a lease or found a
+ * lock lost. One LWLock guards the table; every section under it is short and does no I/O.
  *
- * The keeper renews on the Redis named by the server-wide settings, and publishes which one here. A
+ * The table is a fixed-size hash in shared memory of its own, sized by redislock.max_locks at server
+ * start: it never grows into the spare shared memory that PostgreSQL's lock manager needs, and a lock
+ * beyond max_locks fails with 53200.
+ *
+ * The keeper says here that it runs (its pid, cleared when it exits) and on which Redis it renews. A
+ * session is in keeper mode only while a keeper runs and the session's settings name that Redis; a
  * session whose own settings name another Redis (SET, ALTER ROLE/DATABASE … SET) does not enter its
  * locks: they live for their lease, as without the keeper.
  *
@@ -35,10 +40,10 @@ typedef struct RegistryEntry
 {
 	RegistryTag tag;			/* hash key: must be first */
 	char		prefix[REDISLOCK_PREFIX_MAX + 1];
-	char		holder[REDISLOCK_HOLDER_MAX + 1];
+	char		acquisition[REDISLOCK_HOLDER_MAX + 1];
 	int64		token;
 	int			ttl_ms;
-	TimestampTz renewed_at;		/* the lease began no later than this */
+	int64		renewed_ms;		/* monotonic: the lease began no later than this */
 	bool		lost;
 } RegistryEntry;
 
@@ -46,6 +51,7 @@ typedef struct RegistryEntry
 
 typedef struct RegistryShared
 {
+	int			keeper_pid;		/* the running keeper, or 0 */
 	char		keeper_server[SERVER_IDENTITY_LEN];	/* where the keeper renews; "" until it runs */
 } RegistryShared;
 
@@ -77,11 +83,15 @@ registry_shmem_startup(void)
 	info.keysize = sizeof(RegistryTag);
 	info.entrysize = sizeof(RegistryEntry);
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	/* all max_locks entries made now, and never more (HASH_FIXED_SIZE) */
 	registry = ShmemInitHash("redislock registry", redislock_max_locks, redislock_max_locks, &info,
-							 HASH_ELEM | HASH_BLOBS);
+							 HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	registry_shared = ShmemInitStruct("redislock keeper", sizeof(RegistryShared), &found);
 	if (!found)
+	{
+		registry_shared->keeper_pid = 0;
 		registry_shared->keeper_server[0] = '\0';
+	}
 	registry_lock = &(GetNamedLWLockTranche("redislock"))->lock;
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -104,9 +114,28 @@ server_identity(char *buf, size_t len)
 			 redislock_username);
 }
 
-/* For the keeper: publish the Redis it renews on. */
+static void
+keeper_exited(int code, Datum arg)
+{
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	if (registry_shared->keeper_pid == MyProcPid)
+		registry_shared->keeper_pid = 0;
+	LWLockRelease(registry_lock);
+}
+
+/* For the keeper, at start: from now on (until it exits) sessions are in keeper mode. */
 void
-registry_publish_keeper_server(void)
+registry_keeper_started(void)
+{
+	on_shmem_exit(keeper_exited, (Datum) 0);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	registry_shared->keeper_pid = MyProcPid;
+	LWLockRelease(registry_lock);
+}
+
+/* For the keeper, each round: publish the Redis it renews on (the settings may have been reloaded). */
+void
+registry_keeper_tick(void)
 {
 	char		identity[SERVER_IDENTITY_LEN];
 
@@ -117,8 +146,8 @@ registry_publish_keeper_server(void)
 }
 
 /*
- * Whether the lease keeper keeps this session's leases alive: redislock was preloaded, and the
- * session's settings name the Redis the keeper renews on (or the keeper has not said yet).
+ * Whether the lease keeper keeps this session's leases alive: redislock was preloaded, a keeper runs
+ * (on a standby too), and the session's settings name the Redis it renews on.
  */
 bool
 registry_active(void)
@@ -130,7 +159,7 @@ registry_active(void)
 		return false;
 	server_identity(identity, sizeof(identity));
 	LWLockAcquire(registry_lock, LW_SHARED);
-	same = registry_shared->keeper_server[0] == '\0' ||
+	same = registry_shared->keeper_pid != 0 &&
 		strcmp(registry_shared->keeper_server, identity) == 0;
 	LWLockRelease(registry_lock);
 	return same;
@@ -160,10 +189,10 @@ registry_add(const HeldLock *lock)
 	if (entry != NULL)
 	{
 		strlcpy(entry->prefix, lock->prefix, sizeof(entry->prefix));
-		strlcpy(entry->holder, redislock_holder_id(), sizeof(entry->holder));
+		strlcpy(entry->acquisition, lock->acquisition, sizeof(entry->acquisition));
 		entry->token = lock->token;
 		entry->ttl_ms = lock->ttl_ms;
-		entry->renewed_at = lock->lease_start;
+		entry->renewed_ms = lock->lease_start_ms;
 		entry->lost = false;
 	}
 	LWLockRelease(registry_lock);
@@ -171,7 +200,8 @@ registry_add(const HeldLock *lock)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("too many redis locks held on this server"),
-				 errhint("Raise redislock.max_locks (now %d).", redislock_max_locks)));
+				 errdetail("The lease keeper tracks at most redislock.max_locks = %d locks.", redislock_max_locks),
+				 errhint("Release locks, or raise redislock.max_locks (a restart is needed).")));
 }
 
 void
@@ -188,11 +218,11 @@ registry_remove(const char *key)
 }
 
 /*
- * What the keeper knows of a lock of ours: when its lease was last renewed, and whether it was found
- * lost. False when there is no registry or no entry.
+ * What the keeper knows of a lock of ours: when its lease was last renewed (monotonic), and whether it
+ * was found lost. False when there is no registry or no entry.
  */
 bool
-registry_lease(const char *key, TimestampTz *renewed_at, bool *lost)
+registry_lease(const char *key, int64 *renewed_ms, bool *lost)
 {
 	RegistryTag tag;
 	RegistryEntry *entry;
@@ -204,7 +234,7 @@ registry_lease(const char *key, TimestampTz *renewed_at, bool *lost)
 	entry = hash_search(registry, &tag, HASH_FIND, NULL);
 	if (entry != NULL)
 	{
-		*renewed_at = entry->renewed_at;
+		*renewed_ms = entry->renewed_ms;
 		*lost = entry->lost;
 	}
 	LWLockRelease(registry_lock);
@@ -213,10 +243,10 @@ registry_lease(const char *key, TimestampTz *renewed_at, bool *lost)
 
 /*
  * For the keeper: copies of the entries whose lease is due for renewal (a third of it has passed),
- * at most max of them. Entries of backends that are gone are dropped on the way.
+ * at most max of them. Reads under a shared lock: backends' lock calls do not wait behind it.
  */
 int
-registry_collect_due(TimestampTz now, RenewalItem *items, int max)
+registry_collect_due(int64 now_ms, RenewalItem *items, int max)
 {
 	HASH_SEQ_STATUS status;
 	RegistryEntry *entry;
@@ -224,34 +254,79 @@ registry_collect_due(TimestampTz now, RenewalItem *items, int max)
 
 	if (registry == NULL)
 		return 0;
-	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	LWLockAcquire(registry_lock, LW_SHARED);
 	hash_seq_init(&status, registry);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		if (BackendPidGetProc(entry->tag.pid) == NULL)
-		{
-			hash_search(registry, &entry->tag, HASH_REMOVE, NULL);
-			continue;
-		}
-		if (entry->lost || n >= max ||
-			now < TimestampTzPlusMilliseconds(entry->renewed_at, entry->ttl_ms / 3))
+		if (entry->lost || now_ms < entry->renewed_ms + entry->ttl_ms / 3)
 			continue;
 		items[n].pid = entry->tag.pid;
 		strlcpy(items[n].key, entry->tag.key, sizeof(items[n].key));
 		strlcpy(items[n].prefix, entry->prefix, sizeof(items[n].prefix));
-		strlcpy(items[n].holder, entry->holder, sizeof(items[n].holder));
+		strlcpy(items[n].acquisition, entry->acquisition, sizeof(items[n].acquisition));
 		items[n].token = entry->token;
 		items[n].ttl_ms = entry->ttl_ms;
-		items[n].renewed_at = entry->renewed_at;
-		n++;
+		items[n].renewed_ms = entry->renewed_ms;
+		if (++n >= max)
+		{
+			hash_seq_term(&status);
+			break;
+		}
 	}
 	LWLockRelease(registry_lock);
 	return n;
 }
 
-/* For the keeper: the outcome of renewing item (renewed at renewed_at, or lost). */
+/*
+ * For the keeper: drop the entries of backends that are gone (they exited without releasing, which
+ * only a bug or an error in exit handling leaves behind). The proc array is asked with the registry
+ * lock shared; only entries found dead are rechecked under the exclusive lock.
+ */
 void
-registry_record(const RenewalItem *item, bool kept, TimestampTz renewed_at)
+registry_drop_dead(void)
+{
+	HASH_SEQ_STATUS status;
+	RegistryEntry *entry;
+	int		   *pids;
+	int			n = 0;
+	int			ndead = 0;
+
+	if (registry == NULL)
+		return;
+	pids = palloc(redislock_max_locks * sizeof(int));
+	LWLockAcquire(registry_lock, LW_SHARED);
+	hash_seq_init(&status, registry);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		pids[n++] = entry->tag.pid;
+	LWLockRelease(registry_lock);
+	for (int i = 0; i < n; i++)
+	{
+		if (BackendPidGetProc(pids[i]) == NULL)
+			pids[ndead++] = pids[i];
+	}
+	if (ndead > 0)
+	{
+		LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+		hash_seq_init(&status, registry);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			for (int i = 0; i < ndead; i++)
+			{
+				if (entry->tag.pid == pids[i] && BackendPidGetProc(pids[i]) == NULL)
+				{
+					hash_search(registry, &entry->tag, HASH_REMOVE, NULL);
+					break;
+				}
+			}
+		}
+		LWLockRelease(registry_lock);
+	}
+	pfree(pids);
+}
+
+/* For the keeper: the outcome of renewing item (renewed at renewed_ms, or lost). */
+void
+registry_record(const RenewalItem *item, bool kept, int64 renewed_ms)
 {
 	RegistryTag tag;
 	RegistryEntry *entry;
@@ -260,10 +335,11 @@ registry_record(const RenewalItem *item, bool kept, TimestampTz renewed_at)
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	entry = hash_search(registry, &tag, HASH_FIND, NULL);
 	/* the backend may have released it, or taken it again, meanwhile */
-	if (entry != NULL && entry->token == item->token)
+	if (entry != NULL && entry->token == item->token &&
+		strcmp(entry->acquisition, item->acquisition) == 0)
 	{
 		if (kept)
-			entry->renewed_at = Max(entry->renewed_at, renewed_at);
+			entry->renewed_ms = Max(entry->renewed_ms, renewed_ms);
 		else
 			entry->lost = true;
 	}

@@ -10,6 +10,8 @@
  */
 #include "redislock.h"
 
+#include "lib/stringinfo.h"
+
 #include "scripts_generated.h"
 
 typedef struct ScriptDef
@@ -28,7 +30,7 @@ static const ScriptDef scripts[] = {
 
 /* EVALSHA <sha1> 3 <lock> <queue> <waiters> <args...> */
 void
-redis_script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
+script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
 					 int nargs, const char *const *args)
 {
 	Assert(nargs + 6 <= REDIS_MAX_ARGS);
@@ -63,7 +65,7 @@ static uint64 known_epoch = 0;
 static uint32 known_scripts = 0;
 
 static void
-note_script_answer(RedisServer *server, RedisScriptId id, const redisReply *reply)
+note_answer(RedisServer *server, RedisScriptId id, const redisReply *reply)
 {
 	uint64		epoch = redis_connection_epoch(server);
 
@@ -72,7 +74,7 @@ note_script_answer(RedisServer *server, RedisScriptId id, const redisReply *repl
 		known_epoch = epoch;
 		known_scripts = 0;
 	}
-	if (redis_reply_is_noscript(reply))
+	if (script_reply_is_noscript(reply))
 		known_scripts = 0;
 	else if (reply->type != REDIS_REPLY_ERROR)
 		known_scripts |= 1u << id;	/* not an error Redis may give before it looks (BUSY, LOADING) */
@@ -80,40 +82,26 @@ note_script_answer(RedisServer *server, RedisScriptId id, const redisReply *repl
 
 /* Whether Redis answered script id on this connection since it last forgot scripts. */
 bool
-redis_script_known(RedisServer *server, RedisScriptId id)
+script_known(RedisServer *server, RedisScriptId id)
 {
 	return known_epoch == redis_connection_epoch(server) && (known_scripts & (1u << id)) != 0;
 }
 
-/*
- * The same command with the script's whole text (EVAL), for a script Redis just said it does not know.
- */
-void
-redis_script_command_whole(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
-						   int nargs, const char *const *args)
-{
-	redis_script_command(cmd, id, keys, nargs, args);
-	cmd->argv[0] = "EVAL";
-	cmd->argvlen[0] = 4;
-	cmd->argv[1] = scripts[id].text;
-	cmd->argvlen[1] = scripts[id].text_len;
-}
-
 /* Whether Redis answered that it does not know the script (it did not run). */
 bool
-redis_reply_is_noscript(const redisReply *reply)
+script_reply_is_noscript(const redisReply *reply)
 {
 	return reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
 		strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
 /*
- * Run script commands built by redis_script_command in one round trip, plus a second one only when
+ * Run script commands built by script_command in one round trip, plus a second one only when
  * Redis had forgotten a script. ids[i] names the script of cmds[i]. On success every reply is set
  * (Redis error replies included: the caller interprets them); on failure nothing is left allocated.
  */
 bool
-redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *ids,
+script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *ids,
 				  redisReply **replies, int timeout_ms, bool interruptible, RedisError *err)
 {
 	int			nmissing = 0;
@@ -122,8 +110,8 @@ redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScrip
 		return false;
 	for (int i = 0; i < ncmds; i++)
 	{
-		note_script_answer(server, ids[i], replies[i]);
-		if (redis_reply_is_noscript(replies[i]))
+		note_answer(server, ids[i], replies[i]);
+		if (script_reply_is_noscript(replies[i]))
 		{
 			freeReplyObject(replies[i]);
 			replies[i] = NULL;
@@ -156,11 +144,68 @@ redis_run_scripts(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScrip
 			if (replies[i] == NULL)
 			{
 				replies[i] = again[j++];
-				note_script_answer(server, ids[i], replies[i]);
+				note_answer(server, ids[i], replies[i]);
 			}
 		}
 		if (again != reloaded)
 			pfree(again);
 	}
 	return true;
+}
+
+/*
+ * Run n commands of one script, whose answers are 1 or 0, in one round trip, into answers[]. Frees
+ * every reply. Returns false with err set on any failure, an error reply included.
+ */
+bool
+script_run_yes_no(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds, int *answers,
+				  bool interruptible, RedisError *err)
+{
+	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
+	redisReply **replies = palloc0(n * sizeof(redisReply *));
+	bool		ok;
+
+	for (int i = 0; i < n; i++)
+		ids[i] = id;
+	ok = script_run(server, n, cmds, ids, replies, redislock_command_timeout_ms, interruptible, err);
+	for (int i = 0; ok && i < n; i++)
+	{
+		if (replies[i]->type == REDIS_REPLY_ERROR)
+		{
+			redis_error_from_reply(server, replies[i], err);
+			ok = false;
+		}
+		else if (replies[i]->type != REDIS_REPLY_INTEGER)
+		{
+			redis_error_malformed(server, "a script answered with an unexpected shape", err);
+			ok = false;
+		}
+		else
+			answers[i] = replies[i]->integer == 1;
+	}
+	redis_free_replies(n, replies);
+	pfree(replies);
+	pfree(ids);
+	return ok;
+}
+
+/*
+ * A command in Redis's wire format (RESP), palloc'd in the current memory context, so that it can be
+ * sent later without formatting or allocating anything.
+ */
+char *
+script_format(const RedisCommand *cmd, size_t *len)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "*%d\r\n", cmd->argc);
+	for (int i = 0; i < cmd->argc; i++)
+	{
+		appendStringInfo(&buf, "$%zu\r\n", cmd->argvlen[i]);
+		appendBinaryStringInfo(&buf, cmd->argv[i], cmd->argvlen[i]);
+		appendStringInfoString(&buf, "\r\n");
+	}
+	*len = buf.len;
+	return buf.data;
 }

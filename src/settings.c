@@ -24,6 +24,7 @@ int			redislock_command_timeout_ms = 2000;
 int			redislock_default_ttl_ms = 30000;
 char	   *redislock_key_prefix = NULL;
 bool		redislock_synchronous_release = false;
+bool		redislock_verify_at_commit = false;
 
 /* Set when a connection setting changes; redis_conn.c reconnects and clears it. */
 bool		redislock_connection_settings_changed = false;
@@ -118,14 +119,14 @@ redislock_define_settings(void)
 							"Time allowed to connect to Redis, including authentication.",
 							NULL,
 							&redislock_connect_timeout_ms,
-							2000, 1, INT_MAX,
+							2000, 1, REDISLOCK_TIMEOUT_MAX_MS,
 							PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("redislock.command_timeout",
 							"Time allowed for one Redis round trip, beyond any time spent waiting for a lock.",
 							NULL,
 							&redislock_command_timeout_ms,
-							2000, 1, INT_MAX,
+							2000, 1, REDISLOCK_TIMEOUT_MAX_MS,
 							PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("redislock.default_ttl",
@@ -142,6 +143,15 @@ redislock_define_settings(void)
 							   "redislock:",
 							   PGC_SUSET, 0,
 							   check_key_prefix, NULL, NULL);
+
+	/* a cluster-wide promise: the superuser decides */
+	DefineCustomBoolVariable("redislock.verify_at_commit",
+							 "Whether every transaction lock is checked in Redis before COMMIT.",
+							 "On, a lock removed from Redis by any means (eviction, FLUSHALL, a failover behind a proxy) fails the commit, for one round trip per commit.",
+							 &redislock_verify_at_commit,
+							 false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 
 	/* only this session's own latency is at stake: anyone may choose */
 	DefineCustomBoolVariable("redislock.synchronous_release",

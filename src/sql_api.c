@@ -110,7 +110,7 @@ timeout_arg(FunctionCallInfo fcinfo, int argno)
 /*
  * Take key for this transaction (session: for the session), waiting in its queue or not. A key this
  * backend already holds gets one more hold, with no round trip. Returns whether it was taken; *token
- * is its fencing token.
+ * is its fencing token. Every call to Redis is a new acquisition, with an id of its own (names.c).
  */
 static bool
 take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
@@ -119,9 +119,13 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	int			ttl_ms = ttl_arg(fcinfo, 1);
 	int			timeout_ms = wait ? timeout_arg(fcinfo, 2) : 0;
 	HeldLock   *lock = lock_table_find(key);
-	TimestampTz lease_start;
+	LockRef		ref = {redislock_key_prefix, key};
+	char		acquisition[REDISLOCK_HOLDER_MAX + 1];
+	ReleaseTicket *ticket;
+	int64		lease_start_ms;
+	bool		taken = true;
 
-	redislock_xact_init();
+	xact_init();
 	if (lock != NULL && strcmp(lock->prefix, redislock_key_prefix) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -129,6 +133,14 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 				 errdetail("redislock.key_prefix is now \"%s\"; one backend holds one lock per key name.",
 						   redislock_key_prefix),
 				 errhint("Release the lock, or set redislock.key_prefix back, before locking this key again.")));
+	if (lock != NULL && xact_forget_if_lost(lock))
+		lock = NULL;
+	if (lock != NULL && lock->nholds == 0 && lock->session_holds == 0)
+	{
+		/* no hold left (cannot happen, but must never pass for a lock): release it, take afresh */
+		release_enqueue(lock_table_remove(lock), false);
+		lock = NULL;
+	}
 	if (lock != NULL)
 	{
 		if (session)
@@ -138,11 +150,20 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 		*token = lock->token;
 		return true;
 	}
+
+	names_new_acquisition(acquisition, sizeof(acquisition));
+	ticket = release_ticket_make(&ref, acquisition, ttl_ms);
+	release_call_started(ticket);
 	if (wait)
-		*token = redis_lock_wait(key, ttl_ms, timeout_ms, &lease_start);
-	else if (!redis_lock_try(key, ttl_ms, token, &lease_start))
+		*token = lockop_wait(&ref, acquisition, ttl_ms, timeout_ms, &lease_start_ms);
+	else
+		taken = lockop_try(&ref, acquisition, ttl_ms, token, &lease_start_ms);
+	if (!taken)
+	{
+		release_ticket_free(release_call_finished());
 		return false;
-	lock_table_add(key, *token, ttl_ms, lease_start, session);
+	}
+	lock_table_add(key, *token, ttl_ms, lease_start_ms, session);
 	return true;
 }
 
@@ -207,6 +228,8 @@ redis_unlock(PG_FUNCTION_ARGS)
 	char	   *key = key_arg(fcinfo, 0);
 	HeldLock   *lock = lock_table_find(key);
 
+	bool		xact_hold;
+
 	if (lock == NULL)
 	{
 		ereport(WARNING,
@@ -214,23 +237,24 @@ redis_unlock(PG_FUNCTION_ARGS)
 				 errmsg("you don't own a redis lock on key \"%s\"", key)));
 		PG_RETURN_BOOL(false);
 	}
-	/*
-	 * As pg_advisory_unlock, a session hold goes first. (A lock may have no hold left when an earlier
-	 * release failed inside an exception block; then this retries the release.)
-	 */
+	/* a lock the keeper found lost: a WARNING, false, and the session goes on without it */
+	if (xact_forget_if_lost(lock))
+		PG_RETURN_BOOL(false);
+	/* as pg_advisory_unlock, a session hold goes first */
+	xact_hold = lock->session_holds == 0;
 	if (lock->session_holds > 0)
 		lock->session_holds--;
 	else if (lock->nholds > 0)
 		lock_table_pop_hold(lock);
 	if (lock->session_holds == 0 && lock->nholds == 0)
-		redislock_release_one(lock);
+		xact_release_one(lock, xact_hold);
 	PG_RETURN_BOOL(true);
 }
 
 Datum
 redis_unlock_all(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT32(redislock_release_all(true, true));
+	PG_RETURN_INT32(xact_release_all(true));
 }
 
 Datum
@@ -259,22 +283,21 @@ redis_locks(PG_FUNCTION_ARGS)
 		HeldLock   *lock = locks[i];
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, false};
-		TimestampTz lease_start = lock->lease_start;
-		TimestampTz renewed_at;
+		int64		lease_start_ms = lock->lease_start_ms;
+		int64		renewed_ms;
 		bool		lost = false;
 
 		/* with the lease keeper: its latest renewal; a lock it found lost has no expiry */
-		if (registry_lease(lock->key, &renewed_at, &lost))
-			lease_start = Max(lease_start, renewed_at);
+		if (registry_lease(lock->key, &renewed_ms, &lost))
+			lease_start_ms = Max(lease_start_ms, renewed_ms);
 		values[0] = CStringGetTextDatum(lock->key);
 		values[1] = Int32GetDatum(lock->nholds + lock->session_holds);
 		values[2] = Int64GetDatum(lock->token);
 		values[3] = TimestampTzGetDatum(lock->acquired_at);
-		values[4] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(lease_start, lock->ttl_ms));
+		values[4] = TimestampTzGetDatum(redislock_wall_time_of(lease_start_ms + lock->ttl_ms));
 		nulls[4] = lost;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	pfree(locks);
 	return (Datum) 0;
 }
 
@@ -287,10 +310,11 @@ redis_lock_info(PG_FUNCTION_ARGS)
 	LockInfo	info;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
+	LockRef		ref = {redislock_key_prefix, key};
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	redis_lock_info_fetch(key, &info);
+	lockop_info(&ref, &info);
 
 	values[0] = BoolGetDatum(info.held);
 	if (info.held)

@@ -3,20 +3,21 @@
  *		How a Redis lock's life follows the transaction, the subtransaction and the backend.
  *
  * Registered lazily by the first lock call of a backend:
- *	- PRE_COMMIT: refuse to commit (40001) when a lock was lost; prove, in one round trip, that locks
- *	  whose lease is close to running out, or whose Redis connection is gone since they were taken (a
- *	  Redis restart forgets locks), are still ours, and keep them through the commit. A lock well
- *	  inside its lease on an intact connection costs nothing here (one poll() of the socket), so an
- *	  uncontended lock cycle is two Redis commands.
+ *	- PRE_COMMIT: the check before commit. A transaction whose lock was lost does not commit (40001); a
+ *	  session lock the keeper found lost fails the commit once with 55000 and is forgotten. A lock that
+ *	  must be proven held — its lease is close to running out, the connection it was taken on is gone
+ *	  (a Redis restart forgets locks), or redislock.verify_at_commit is on — is verified in one round
+ *	  trip, and kept through the commit; a lock that cannot be proven held (Redis unreachable from
+ *	  here, an error) fails the commit too: the commit fails closed. A lock well inside its lease on an
+ *	  intact connection costs nothing here (one poll() of the socket), so an uncontended lock cycle is
+ *	  two Redis commands.
  *	- PRE_PREPARE: refuse PREPARE TRANSACTION while holding a lock (0A000).
- *	- COMMIT / ABORT: release every lock, and undo a wait in flight, in one write that does not wait
- *	  for Redis's answer (deferred_release.c reads it before the next command). This runs after the
- *	  commit is visible, with interrupts held: it is time-bounded and failures are WARNINGs (the
- *	  lease frees the lock).
- *	- ABORT_SUB / COMMIT_SUB: drop the holds a subtransaction took, or hand them to its parent (the
- *	  release is sent as at the end of a transaction).
- *	- backend exit: read what earlier releases answered, then release whatever is left and wait for
- *	  the answer, time-bounded.
+ *	- COMMIT / ABORT: release every transaction lock, and undo a lock call cut short, in one write that
+ *	  does not wait for Redis's answer (release.c). This runs after the commit is visible, with
+ *	  interrupts held: nothing here allocates or raises an ERROR, each step is time-bounded, failures
+ *	  are WARNINGs, and what could not be released is run again before the next command.
+ *	- ABORT_SUB / COMMIT_SUB: drop the holds a subtransaction took, or hand them to its parent.
+ *	- backend exit: release whatever is left and wait for the answer, time-bounded.
  */
 #include "redislock.h"
 
@@ -29,6 +30,21 @@
 static bool callbacks_registered = false;
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
+/* The first transaction lock this transaction found lost: it may not commit. */
+static char lost_key[REDISLOCK_KEY_MAX + 1];
+static bool has_lost = false;
+
+/* This transaction may not commit: its lock on key was lost. */
+void
+xact_note_lost(const char *key)
+{
+	if (!has_lost)
+	{
+		strlcpy(lost_key, key, sizeof(lost_key));
+		has_lost = true;
+	}
+}
+
 /* How close to the end of its lease a lock is verified before commit. */
 static int
 commit_margin_ms(const HeldLock *lock)
@@ -37,73 +53,148 @@ commit_margin_ms(const HeldLock *lock)
 }
 
 /*
- * Release keys at the end of a transaction, subtransaction or backend. Never throws; a failure is a
- * WARNING, and the leases free the locks in Redis. Only after a commit is a lock found already lost
- * worth a WARNING (the first nheld refs are held locks, the rest a wait being undone). Unless
- * wait_for_answer, the release is sent without waiting when the connection allows (its answer is
- * read, and a lost lock reported, before the next command).
+ * Release, at the end of a transaction (or of the backend, all_scopes), every lock that ends there,
+ * and forget them. Allocates nothing, never throws.
  */
 static void
-release_quietly(int n, const LockRef *refs, int nheld, bool committed, bool wait_for_answer)
-{
-	int		   *owned;
-	RedisError	err;
-
-	if (n == 0)
-		return;
-	/*
-	 * Not waiting when the connection is ready (and redislock.synchronous_release is off). When it is
-	 * not (none yet, broken, busy with a call that was cut short), or the write failed, a round trip
-	 * sets up a new one; releasing twice is harmless, the release script only acts for our holder id.
-	 */
-	if (!wait_for_answer && !redislock_synchronous_release &&
-		redis_lock_release_unanswered(n, refs, committed ? nheld : 0, &err))
-		return;
-	owned = palloc(n * sizeof(int));
-	if (!redis_lock_release_many(n, refs, owned, false, &err))
-	{
-		redis_warn(&err, nheld > 0 ?
-				   "The redis locks of this transaction stay in Redis until their leases run out." :
-				   "The place this wait had in the lock's queue is skipped once its heartbeat lapses.");
-	}
-	else
-	{
-		for (int i = 0; committed && i < nheld; i++)
-		{
-			if (!owned[i])
-				ereport(WARNING,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("redis lock \"%s\" had already been lost when it was released",
-								refs[i].key),
-						 errdetail("Its lease ran out and another holder took it.")));
-		}
-	}
-	pfree(owned);
-}
-
-/*
- * Release what ends here — the transaction's locks (all_scopes: session locks too) and the pending
- * wait — and forget it.
- */
-static void
-release_everything_quietly(bool committed, bool all_scopes, bool wait_for_answer)
+xact_release_ending(bool committed, bool all_scopes, bool wait)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
-	int			nrel = 0;
-	LockRef    *refs = palloc((n + 1) * sizeof(LockRef));
-	bool		pending;
 
 	for (int i = 0; i < n; i++)
 	{
+		locks[i]->nholds = 0;
 		if (all_scopes || locks[i]->session_holds == 0)
-			refs[nrel++] = lock_ref_of(locks[i]);
+			release_enqueue(lock_table_remove(locks[i]), committed);
 	}
-	pending = lock_table_pending(&refs[nrel]);
-	release_quietly(nrel + (pending ? 1 : 0), refs, nrel, committed, wait_for_answer);
+	release_at_xact_end(wait);
+	has_lost = false;
+}
+
+/*
+ * A session lock the keeper found lost is forgotten: its release is harmless, and the session goes on
+ * without it.
+ */
+static void
+forget_lost(HeldLock *lock)
+{
+	release_enqueue(lock_table_remove(lock), false);
+}
+
+/* The check before commit; see the file header. */
+static void
+verify_before_commit(void)
+{
+	HeldLock  **locks;
+	int			n;
+	int			nchecked = 0;
+	int64		now = redislock_monotonic_ms();
+	LockRef    *refs;
+	const char **acquisitions;
+	int64	   *tokens;
+	int		   *kept;
+	int		   *keeps;
+	uint64		epoch = 0;
+	bool		intact = false;
+	RedisError	err;
+
+	if (has_lost)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("redis lock \"%s\" was lost during this transaction", lost_key),
+				 errdetail("Its lease ran out and another holder took it, or Redis forgot it, before the transaction ended.")));
+
+	n = lock_table_collect(&locks);
+	if (n == 0)
+		return;
+	for (int i = 0; i < n; i++)
+	{
+		HeldLock   *lock = locks[i];
+		int64		renewed_ms;
+		bool		keeper_lost;
+
+		/* with the lease keeper: its renewals, and what it found lost */
+		if (!registry_lease(lock->key, &renewed_ms, &keeper_lost))
+			continue;
+		if (keeper_lost)
+		{
+			char		key[REDISLOCK_KEY_MAX + 1];
+			bool		in_xact = lock->nholds > 0;
+
+			strlcpy(key, lock->key, sizeof(key));
+			forget_lost(lock);
+			if (in_xact)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("redis lock \"%s\" was lost during this transaction", key),
+						 errdetail("The lease keeper found it gone from Redis or held by someone else.")));
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("redis session lock \"%s\" was lost", key),
+					 errdetail("The lease keeper found it gone from Redis, or held by another holder; this session no longer holds it."),
+					 errhint("Take the lock again if the session still needs it.")));
+		}
+		lock->lease_start_ms = Max(lock->lease_start_ms, renewed_ms);
+	}
+
+	/* only transaction locks are checked: the keeper vouches for session locks */
+	epoch = redis_connection_epoch(redis_primary_server_as_is());
+	intact = redis_connection_intact(redis_primary_server_as_is(), epoch);
+	for (int i = 0; i < n; i++)
+	{
+		HeldLock   *lock = locks[i];
+		bool		expiring = now >= lock->lease_start_ms + lock->ttl_ms - commit_margin_ms(lock);
+
+		if (lock->nholds == 0)
+			continue;
+		if (redislock_verify_at_commit || expiring || !intact || lock->connection_epoch != epoch)
+			locks[nchecked++] = lock;
+	}
+	if (nchecked == 0)
+		return;
+
+	refs = palloc(nchecked * sizeof(LockRef));
+	acquisitions = palloc(nchecked * sizeof(char *));
+	tokens = palloc(nchecked * sizeof(int64));
+	keeps = palloc(nchecked * sizeof(int));
+	kept = palloc(nchecked * sizeof(int));
+	for (int i = 0; i < nchecked; i++)
+	{
+		refs[i] = lock_table_ref(locks[i]);
+		acquisitions[i] = locks[i]->acquisition;
+		tokens[i] = locks[i]->token;
+		keeps[i] = locks[i]->ttl_ms;
+	}
+	if (!lockop_verify_many(nchecked, refs, acquisitions, tokens, keeps, kept, true, &err))
+	{
+		/*
+		 * The lock cannot be proven held. "Nobody else can take it while Redis is unreachable" is
+		 * false: Redis may be unreachable from this server only, or back empty for everyone else.
+		 */
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not confirm redis lock \"%s\" before commit", refs[0].key),
+				 errdetail("The lock could not be checked in Redis (%s%s%s), so it cannot be shown that no other backend holds it.",
+						   err.message, err.detail[0] ? ": " : "", err.detail),
+				 errhint("Retry the transaction once Redis can be reached.")));
+	}
+	for (int i = 0; i < nchecked; i++)
+	{
+		if (!kept[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("redis lock \"%s\" was lost during this transaction", refs[i].key),
+					 errdetail("Its lease of %d ms ran out, or Redis forgot it, and it cannot be shown that nobody else took it before the transaction ended.",
+							   locks[i]->ttl_ms)));
+		locks[i]->lease_start_ms = now;
+		locks[i]->connection_epoch = redis_connection_epoch(redis_primary_server());
+	}
+	pfree(kept);
+	pfree(keeps);
+	pfree(tokens);
+	pfree(acquisitions);
 	pfree(refs);
-	pfree(locks);
-	lock_table_reset_xact(all_scopes);
 }
 
 /* Whether any lock has a hold of this transaction, or a lock call is in flight. */
@@ -112,127 +203,13 @@ xact_holds_locks(void)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
-	bool		any = lock_table_pending(NULL);
 
-	for (int i = 0; i < n && !any; i++)
-		any = locks[i]->nholds > 0;
-	pfree(locks);
-	return any;
-}
-
-static void
-verify_before_commit(void)
-{
-	const char *lost = lock_table_lost();
-	HeldLock  **locks;
-	int			n;
-	int			nnear = 0;
-	int			nexpiring = 0;
-	TimestampTz now = GetCurrentTimestamp();
-	LockRef    *refs;
-	int64	   *tokens;
-	int		   *kept;
-	int		   *keeps;
-	uint64		epoch = 0;
-	bool		intact = false;
-	RedisError	err;
-
-	if (lost != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("redis lock \"%s\" was lost during this transaction", lost),
-				 errdetail("Its lease ran out and another holder took it before the transaction ended.")));
-
-	n = lock_table_collect(&locks);
-	if (n > 0)
-	{
-		/* answers owed by an earlier transaction's release come first on the connection */
-		redis_lock_settle_releases(true);
-		epoch = redis_connection_epoch(redis_primary_server());
-		intact = redis_connection_intact(redis_primary_server(), epoch);
-	}
 	for (int i = 0; i < n; i++)
 	{
-		HeldLock   *lock = locks[i];
-		TimestampTz renewed_at;
-		bool		keeper_lost;
-		bool		expiring;
-
-		/* with the lease keeper: its renewals, and what it found lost */
-		if (registry_lease(lock->key, &renewed_at, &keeper_lost))
-		{
-			if (keeper_lost)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("redis lock \"%s\" was lost during this transaction", lock->key),
-						 errdetail("The lease keeper found it gone from Redis or held by someone else."),
-						 lock->session_holds > 0 ?
-						 errhint("Release the session lock with redis_unlock() before committing again.") : 0));
-			lock->lease_start = Max(lock->lease_start, renewed_at);
-		}
-		expiring = now >= TimestampTzPlusMilliseconds(lock->lease_start,
-													  lock->ttl_ms - commit_margin_ms(lock));
-
-		if (expiring || !intact || lock->connection_epoch != epoch)
-		{
-			locks[nnear++] = lock;
-			nexpiring += expiring ? 1 : 0;
-		}
+		if (locks[i]->nholds > 0)
+			return true;
 	}
-	if (nnear == 0)
-	{
-		pfree(locks);
-		return;
-	}
-
-	refs = palloc(nnear * sizeof(LockRef));
-	tokens = palloc(nnear * sizeof(int64));
-	keeps = palloc(nnear * sizeof(int));
-	kept = palloc(nnear * sizeof(int));
-	for (int i = 0; i < nnear; i++)
-	{
-		refs[i] = lock_ref_of(locks[i]);
-		tokens[i] = locks[i]->token;
-		keeps[i] = locks[i]->ttl_ms;
-	}
-	if (!redis_lock_verify_many(nnear, refs, NULL, tokens, keeps, kept, true, &err))
-	{
-		/*
-		 * Redis cannot be asked. A lock whose lease is about to run out cannot be vouched for, so the
-		 * transaction may not commit. Locks well inside their lease are only being re-checked because
-		 * the connection broke: while Redis is unreachable nobody else can take them either, so the
-		 * commit stands, as it does when the release after commit fails.
-		 */
-		if (nexpiring > 0)
-			ereport(ERROR,
-					(errcode(err.sqlstate),
-					 errmsg_internal("%s", err.message),
-					 errdetail("The lease of a redis lock was close to running out and could not be confirmed before commit."),
-					 err.hint[0] ? errhint("%s", err.hint) : 0));
-		redis_warn(&err, "The connection the redis locks were taken on broke, and they could not be confirmed; the commit goes ahead within their leases.");
-		pfree(kept);
-		pfree(keeps);
-		pfree(tokens);
-		pfree(refs);
-		pfree(locks);
-		return;
-	}
-	for (int i = 0; i < nnear; i++)
-	{
-		if (!kept[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("redis lock \"%s\" was lost during this transaction", refs[i].key),
-					 errdetail("Its lease of %d ms ran out, or Redis forgot it, and it cannot be shown that nobody else took it before the transaction ended.",
-							   locks[i]->ttl_ms)));
-		locks[i]->lease_start = now;
-		locks[i]->connection_epoch = redis_connection_epoch(redis_primary_server());
-	}
-	pfree(kept);
-	pfree(keeps);
-	pfree(tokens);
-	pfree(refs);
-	pfree(locks);
+	return false;
 }
 
 static void
@@ -254,12 +231,12 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			release_everything_quietly(true, false, false);
+			xact_release_ending(true, false, false);
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
-			release_everything_quietly(false, false, false);
+			xact_release_ending(false, false, false);
 			break;
 	}
 }
@@ -276,10 +253,6 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 	{
 		HeldLock  **locks;
 		int			n = lock_table_collect_level(level, &locks);
-		int			nfree = 0;
-		LockRef    *refs = palloc((n + 1) * sizeof(LockRef));
-		LockRef		pending_ref;
-		bool		pending = lock_table_pending(&pending_ref);
 
 		for (int i = 0; i < n; i++)
 		{
@@ -288,32 +261,22 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 			while (lock->nholds > 0 && lock->hold_levels[lock->nholds - 1] >= level)
 				lock_table_pop_hold(lock);
 			if (lock->nholds == 0 && lock->session_holds == 0)
-			{
-				locks[nfree] = lock;
-				refs[nfree++] = lock_ref_of(lock);
-			}
+				release_enqueue(lock_table_remove(lock), false);
 		}
-		if (pending)
-			refs[nfree] = pending_ref;
-		release_quietly(nfree + (pending ? 1 : 0), refs, nfree, false, false);
-		for (int i = 0; i < nfree; i++)
-			lock_table_remove(locks[i]);
-		lock_table_clear_pending();
-		pfree(refs);
-		pfree(locks);
+		/* and the lock call this subtransaction had in flight */
+		release_at_xact_end(false);
 	}
 }
 
 static void
 at_backend_exit(int code, Datum arg)
 {
-	redis_lock_settle_releases(false);
-	release_everything_quietly(false, true, true);
-	redis_disconnect(redis_primary_server());
+	xact_release_ending(false, true, true);
+	redis_disconnect(redis_primary_server_as_is());
 }
 
 void
-redislock_xact_init(void)
+xact_init(void)
 {
 	if (callbacks_registered)
 		return;
@@ -324,56 +287,102 @@ redislock_xact_init(void)
 }
 
 /*
+ * A lock the keeper found lost, asked to be released (redis_unlock): a WARNING, and it is forgotten.
+ * A lost transaction hold also forbids this transaction's commit. Returns whether it was lost.
+ */
+bool
+xact_forget_if_lost(HeldLock *lock)
+{
+	int64		renewed_ms;
+	bool		lost = false;
+	char		key[REDISLOCK_KEY_MAX + 1];
+
+	if (!registry_lease(lock->key, &renewed_ms, &lost) || !lost)
+		return false;
+	strlcpy(key, lock->key, sizeof(key));
+	if (lock->nholds > 0)
+		xact_note_lost(key);
+	forget_lost(lock);
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("redis lock \"%s\" had already been lost", key),
+			 errdetail("The lease keeper found it gone from Redis, or held by another holder; it is forgotten.")));
+	return true;
+}
+
+static void
+warn_released_lost(const char *key, bool xact_hold)
+{
+	ereport(WARNING,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("redis lock \"%s\" had already been lost when it was released", key),
+			 xact_hold ?
+			 errdetail("Its lease ran out and another holder took it, or Redis forgot it; this transaction cannot commit.") :
+			 errdetail("Its lease ran out and another holder took it, or Redis forgot it.")));
+}
+
+/*
  * redis_unlock_all(), DISCARD ALL: release every lock now, in one round trip. Returns how many keys
- * were released. A lock found already lost forbids this transaction's commit when note_lost (not for
- * DISCARD ALL, which only resets the session).
+ * were released. A transaction lock found already lost forbids this transaction's commit.
  */
 int
-redislock_release_all(bool interruptible, bool note_lost)
+xact_release_all(bool interruptible)
 {
 	HeldLock  **locks;
 	int			n = lock_table_collect(&locks);
-	LockRef    *refs = palloc(Max(n, 1) * sizeof(LockRef));
-	int		   *owned = palloc(Max(n, 1) * sizeof(int));
+	ReleaseTicket **tickets;
+	char	  **keys;
+	bool	   *xact_hold;
+	int		   *owned;
 	RedisError	err;
 
 	if (n == 0)
 		return 0;
+	tickets = palloc(n * sizeof(ReleaseTicket *));
+	keys = palloc(n * sizeof(char *));
+	xact_hold = palloc(n * sizeof(bool));
+	owned = palloc(n * sizeof(int));
 	for (int i = 0; i < n; i++)
-		refs[i] = lock_ref_of(locks[i]);
-	if (!redis_lock_release_many(n, refs, owned, interruptible, &err))
+	{
+		keys[i] = pstrdup(locks[i]->key);
+		xact_hold[i] = locks[i]->nholds > 0;
+	}
+	/* forgotten first: whatever happens next, their release is owed, not held */
+	for (int i = 0; i < n; i++)
+		tickets[i] = lock_table_remove(locks[i]);
+	if (!release_now(n, tickets, owned, &err))
 		redis_raise(&err);
 	for (int i = 0; i < n; i++)
 	{
-		if (!owned[i] && note_lost)
-			lock_table_note_lost(locks[i]->key);
-		lock_table_remove(locks[i]);
+		if (owned[i])
+			continue;
+		if (xact_hold[i])
+			xact_note_lost(keys[i]);
+		warn_released_lost(keys[i], xact_hold[i]);
 	}
-	pfree(owned);
-	pfree(refs);
-	pfree(locks);
 	return n;
 }
 
-/* redis_unlock() of the last hold: release in Redis, then forget the lock. */
+/*
+ * redis_unlock() of the last hold: forget the lock, then release it in Redis. xact_hold: the hold
+ * was a transaction hold, whose loss forbids the commit.
+ */
 void
-redislock_release_one(HeldLock *lock)
+xact_release_one(HeldLock *lock, bool xact_hold)
 {
-	LockRef		ref = lock_ref_of(lock);
+	char	   *key = pstrdup(lock->key);
+	ReleaseTicket *ticket = lock_table_remove(lock);
 	int			owned;
 	RedisError	err;
 
-	if (!redis_lock_release_many(1, &ref, &owned, true, &err))
+	if (!release_now(1, &ticket, &owned, &err))
 		redis_raise(&err);
 	if (!owned)
 	{
-		lock_table_note_lost(lock->key);
-		ereport(WARNING,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("redis lock \"%s\" had already been lost when it was released", lock->key),
-				 errdetail("Its lease ran out and another holder took it; this transaction cannot commit.")));
+		if (xact_hold)
+			xact_note_lost(key);
+		warn_released_lost(key, xact_hold);
 	}
-	lock_table_remove(lock);
 }
 
 /*
@@ -383,9 +392,9 @@ redislock_release_one(HeldLock *lock)
  * one of a pooled connection.
  */
 static void
-redislock_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-						  ProcessUtilityContext context, ParamListInfo params,
-						  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				ProcessUtilityContext context, ParamListInfo params,
+				QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 
@@ -396,16 +405,15 @@ redislock_process_utility(PlannedStmt *pstmt, const char *queryString, bool read
 
 	if (IsA(parsetree, DiscardStmt) && ((DiscardStmt *) parsetree)->target == DISCARD_ALL)
 	{
-		/* what the last transaction's releases answered belongs to this session, not the next */
-		redis_lock_settle_releases(true);
+		release_settle(true);
 		if (lock_table_count() > 0)
-			(void) redislock_release_all(true, false);
+			(void) xact_release_all(true);
 	}
 }
 
 void
-redislock_install_utility_hook(void)
+xact_install_utility_hook(void)
 {
 	prev_process_utility = ProcessUtility_hook;
-	ProcessUtility_hook = redislock_process_utility;
+	ProcessUtility_hook = process_utility;
 }

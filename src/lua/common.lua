@@ -2,10 +2,12 @@
 --
 -- Keys of one lock (all share the hash tag "{<prefix><key>}", so a Redis Cluster keeps them in one slot):
 --   KEYS[1]  {P K}            hash: owner, token, expires (Redis time, ms) of the current or last lease
---   KEYS[2]  {P K}:q          sorted set: waiting holders, scored by arrival (Redis time, us, strictly rising)
---   KEYS[3]  {P K}:w          hash: waiting holder -> "<heartbeat deadline ms>:<lease ttl ms>"
---   {P K}:g:<holder>          list: the grant (fencing token) handed to a waiting holder; derived from
---                             KEYS[1], so it is in the same slot
+--   KEYS[2]  {P K}:q          sorted set: waiting acquisitions, scored by arrival (Redis time, us, strictly rising)
+--   KEYS[3]  {P K}:w          hash: waiting acquisition -> "<heartbeat deadline ms>:<lease ttl ms>"
+--   {P K}:g:<acquisition>     list: the grant (fencing token) handed to a waiting acquisition; derived
+--                             from KEYS[1], so it is in the same slot
+-- An acquisition id ("<host>:<port>:<pid>:<nonce>:<n>") names one lock call of one backend; no other
+-- call uses it, so nothing sent for one acquisition can act on another.
 -- Every key has a TTL, and the scripts delete the lock hash when the lock is free and nobody waits.
 local lock_key, queue_key, waiters_key = KEYS[1], KEYS[2], KEYS[3]
 
@@ -81,8 +83,8 @@ end
 
 -- Direct handoff: grant the free lock to the first live waiter and wake that waiter alone by pushing the
 -- token onto its grant list (its BLPOP returns at once, with no further round trip). The list is empty:
--- a holder's grant list is cleared when it joins the queue, and only a handoff, which takes it out of the
--- queue, pushes onto it. Returns the new owner, token and lease ttl, or nil when nobody waits.
+-- each acquisition has a list of its own, and only a handoff, which takes it out of the queue, pushes
+-- onto it. Returns the new owner, token and lease ttl, or nil when nobody waits.
 local function hand_over(last, now_ms, now_us)
   local head, ttl = live_head(now_ms)
   if not head then

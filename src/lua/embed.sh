@@ -1,6 +1,7 @@
 #!/bin/sh
 # embed.sh OUTPUT.h LUA_DIR NAME... : writes a C header that holds each Redis script as a string constant
-# (common.lua prepended) together with its SHA1, so that EVALSHA needs no SCRIPT LOAD round trip.
+# (common.lua prepended) together with its SHA1, so that EVALSHA needs no SCRIPT LOAD round trip; and
+# each script whole, as Redis runs it, to LUA_DIR/out/NAME.lua, to run on its own with redis-cli --eval.
 # Comments, indentation and blank lines are left out of the embedded text (the scripts have no "--"
 # inside strings and no long comments): a script sent whole with EVAL (after NOSCRIPT) costs Redis a
 # SHA1 of its text.
@@ -14,6 +15,8 @@ trap 'rm -f "$tmp" "$tmp.h"' EXIT
   for name in "$@"; do
     cat "$dir/common.lua" "$dir/$name.lua" |
       sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*--.*$//' -e '/^$/d' > "$tmp"
+    mkdir -p "$dir/out"
+    cp "$tmp" "$dir/out/$name.lua"
     sha=$(sha1sum "$tmp" | cut -d' ' -f1)
     upper=$(echo "$name" | tr 'a-z' 'A-Z')
     echo "#define SCRIPT_${upper}_SHA1 \"$sha\""

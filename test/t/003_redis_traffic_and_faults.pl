@@ -1,5 +1,6 @@
 # What crosses the wire and what happens when Redis goes away: an uncontended lock cycle is two Redis
-# commands; a dead Redis gives class-08 errors while COMMIT of a holder stands with a WARNING; the next
+# commands; a dead Redis gives class-08 errors, and the COMMIT of a holder that cannot prove its lock
+# fails (40001: the commit fails closed); the next
 # call after Redis returns reconnects by itself; a stalled Redis is bounded by command_timeout; a
 # cancelled wait ends promptly and leaves the queue.
 use strict;
@@ -14,7 +15,7 @@ my $redis = start_redis();
 my $node = new_node('traffic', $redis, "redislock.command_timeout = '1s'\nredislock.connect_timeout = '1s'\n");
 
 # --- round trips ---------------------------------------------------------------------------------
-my $s = $node->background_psql('postgres');
+my $s = $node->background_psql('postgres', on_error_stop => 0);
 $s->query_safe("SELECT redis_try_lock('warm-up')");    # connect and load the scripts
 $redis->cli('CONFIG', 'RESETSTAT');
 $s->query_safe("BEGIN; SELECT redis_wait_lock('rt:one'); COMMIT;");
@@ -123,8 +124,13 @@ like($waiter_err, qr/(lost connection to|did not answer|could not connect to) Re
 ok($waited < 5, sprintf('within command_timeout and a little (%.1f s)', $waited));
 $w->quit;
 
-$s->query('COMMIT');
-like($s->{stderr}, qr/WARNING:.*Redis at 127\.0\.0\.1:$redis->{port}/s, 'COMMIT stands with a WARNING when the release cannot reach Redis');
+# the holder's connection broke with Redis: COMMIT must prove the lock, and cannot
+$s->query("\\set VERBOSITY verbose\nCOMMIT;");
+like($s->{stderr}, qr/ERROR:  40001: could not confirm redis lock "down:k" before commit.*DETAIL:  The lock could not be checked in Redis \(could not connect to Redis at 127\.0\.0\.1:$redis->{port}/s,
+	'COMMIT of a lock that cannot be proven held fails with 40001, saying why (the commit fails closed)');
+like($s->{stderr}, qr/WARNING:  .*could not connect to Redis at 127\.0\.0\.1:$redis->{port}.*DETAIL:  Their release is run again before this session's next Redis command/s,
+	'the rollback that follows says the release could not reach Redis, and is owed');
+$s->query("\\set VERBOSITY default");
 my ($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY sqlstate\nSELECT redis_try_lock('down:k')");
 like($err, qr/ERROR:  08\d\d\d/, 'a lock call while Redis is down fails with SQLSTATE class 08');
 
@@ -197,9 +203,26 @@ cancel_stuck_call($opid, 'the next call waits for the owed answer', 'a cancel en
 $redis->signal('CONT');
 $o->query('RESET redislock.command_timeout');
 is(scalar $o->query("SELECT redis_try_lock('owed:after')"), 't', 'the session locks again once Redis is back');
-like($o->{stderr}, qr/could not learn whether redis locks released at the end of an earlier transaction were released/,
-	'and says that the answer it was reading is lost');
+unlike($o->{stderr}, qr/already been lost/, 'a release whose answer was lost and that runs again is no false "lost"');
 ok(wait_until(sub { $redis->cli('EXISTS', '{redislock:owed:k}') eq '0' }), 'the release itself ran when Redis woke');
+
+# the same, with the scripts flushed before the COMMIT: the release meets NOSCRIPT when Redis wakes,
+# and the cancel of the read that would have told so must not skip running it again
+$o->{stderr} = '';
+$o->query_safe("SET redislock.command_timeout = '60s'");
+$o->query_safe("BEGIN; SELECT redis_wait_lock('owed:flushed', '60 s');");
+$redis->cli('SCRIPT', 'FLUSH');
+$redis->signal('STOP');
+$o->query('COMMIT');
+$o->query_until(qr/calling/, "\\echo calling\nSELECT redis_try_lock('owed:next2');\n");
+cancel_stuck_call($opid, 'the next call waits for the owed answer', 'a cancel ends that wait at once');
+$redis->signal('CONT');
+ok(wait_until(sub { ($redis->cli('HGET', '{redislock:owed:flushed}', 'owner') // '') ne '' }),
+	'the release met NOSCRIPT when Redis woke: the lock is still there');
+$o->query('RESET redislock.command_timeout');
+$o->query("SELECT redis_try_lock('owed:after2')");
+is($redis->cli('EXISTS', '{redislock:owed:flushed}'), '0',
+	'a release that met NOSCRIPT while its answer\'s read was cancelled runs again at the next command');
 $o->quit;
 
 # --- cancel during a wait ---------------------------------------------------------------------------

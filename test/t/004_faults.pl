@@ -130,7 +130,7 @@ is($a->safe_psql('postgres', "SET redislock.password = 'sesame'; SELECT redis_tr
 	'the right password works');
 $redis->cli('ACL', 'SETUSER', 'locker', 'on', '>pw', '~*', '+@all', '-evalsha', '-eval');
 ($rc, $out, $err) = $a->psql('postgres', "\\set VERBOSITY verbose\nSET redislock.password = 'sesame'; SET redislock.username = 'locker'; SET redislock.password = 'pw'; SELECT redis_try_lock('f:acl')");
-like($err, qr/ERROR:  42501: Redis at .* denied permission.*HINT:  Grant the Redis ACL user/s, 'an ACL that denies EVALSHA: 42501 with a hint');
+like($err, qr/ERROR:  42501: Redis at .* denied permission.*HINT:  Give the Redis user .* ACL SETUSER <user> ~\{redislock:\* /s, 'an ACL that denies EVALSHA: 42501 with a hint');
 $redis->cli('CONFIG', 'SET', 'requirepass', '');
 delete $redis->{auth};
 

@@ -1,0 +1,524 @@
+/*
+ * release.c
+ *		Every release of a Redis lock, and the rule that what Redis owes us is read before we ask again.
+ *
+ * A release is made ready when the lock call that acquires starts: a ReleaseTicket holds the lock's
+ * names, the acquisition id and the release command already formatted, and the arrays below are grown
+ * to hold every ticket there is. Releasing at the end of a transaction — in commit and abort callbacks,
+ * which must not raise an ERROR — then allocates nothing of PostgreSQL's.
+ *
+ * The release script acts only on the acquisition it names, so running a release twice, late, or
+ * after the lock was lost is harmless. That is what lets this file keep one list of owed releases —
+ * those whose outcome is not known yet — and run each again until Redis has answered it:
+ *	- at COMMIT and ROLLBACK (and ROLLBACK TO SAVEPOINT) the releases are written in one write without
+ *	  waiting (once Redis has answered the release script on that connection, and unless
+ *	  redislock.synchronous_release); their answers are read before anything else is sent on that
+ *	  connection, by release_settle, which every lock operation calls first;
+ *	- a lock call cut short (an error, a cancel, a timeout) after it may have reached Redis leaves its
+ *	  undo here: a wait whose connection broke and could not be made again still leaves the queue, and
+ *	  gives on a grant it may have received, as soon as Redis can be reached;
+ *	- a release that met NOSCRIPT, whose answer was lost (a cancel while reading, a broken connection),
+ *	  or that could not be sent at all, is run again (EVALSHA, EVAL on NOSCRIPT) at the next settle.
+ * An owed release is dropped once Redis has surely let the lock go by itself (its lease and the lock
+ * hash's TTL, or the waiter's heartbeat, ran out), or when Redis answered it with an error.
+ *
+ * A lock found already lost when released is a WARNING (after a commit; a ROLLBACK has nothing to
+ * regret), unless the release may have run before and this is its second run. Undoing a call is
+ * silent: the call's own ERROR has said what went wrong.
+ */
+#include "redislock.h"
+
+#include "miscadmin.h"
+#include "utils/memutils.h"
+
+/* What is known of an owed release. */
+typedef struct OwedState
+{
+	bool		sent;			/* written on the current connection, answer not read yet */
+	bool		maybe_ran;		/* it may have run already: a 0 answer proves nothing */
+	bool		warn_if_lost;	/* released after a commit, while held */
+	bool		reading;		/* its answer is being read now */
+	bool		ran_before;		/* maybe_ran before this send */
+} OwedState;
+
+static MemoryContext release_cxt = NULL;
+static int	ntickets = 0;		/* tickets in existence: held locks, the call in flight, owed */
+static int	capacity = 0;		/* room in every array below */
+static ReleaseTicket **owed = NULL;
+static OwedState *owed_state = NULL;
+static int	nowed = 0;
+static int	nenqueued = 0;		/* enqueued since the last release_at_xact_end */
+static RedisFormatted *send_buf = NULL;
+static redisReply **answers = NULL;
+
+static ReleaseTicket *call_ticket = NULL;	/* the lock call in flight */
+static bool call_sent = false;	/* it may have reached Redis */
+
+/* Grow the arrays to hold n tickets; only where an ERROR is allowed. */
+static void
+reserve(int n)
+{
+	MemoryContext old;
+
+	if (n <= capacity)
+		return;
+	n = Max(n, Max(16, 2 * capacity));
+	old = MemoryContextSwitchTo(release_cxt);
+	owed = owed ? repalloc(owed, n * sizeof(*owed)) : palloc(n * sizeof(*owed));
+	owed_state = owed_state ? repalloc(owed_state, n * sizeof(*owed_state)) :
+		palloc(n * sizeof(*owed_state));
+	send_buf = send_buf ? repalloc(send_buf, n * sizeof(*send_buf)) : palloc(n * sizeof(*send_buf));
+	answers = answers ? repalloc(answers, n * sizeof(*answers)) : palloc0(n * sizeof(*answers));
+	MemoryContextSwitchTo(old);
+	/* and the room to read as many answers at once */
+	redis_reserve_replies(redis_primary_server_as_is(), n);
+	capacity = n;
+}
+
+/*
+ * A ticket for releasing acquisition (of ref, with a lease of ttl_ms); it belongs to the caller until
+ * given to release_call_started, lock_table_add or release_enqueue.
+ */
+ReleaseTicket *
+release_ticket_make(const LockRef *ref, const char *acquisition, int ttl_ms)
+{
+	ReleaseTicket *t;
+	LockKeys	keys;
+	RedisCommand cmd;
+	const char *args[1] = {acquisition};
+	MemoryContext old;
+
+	if (release_cxt == NULL)
+		release_cxt = AllocSetContextCreate(TopMemoryContext, "redislock releases",
+											ALLOCSET_DEFAULT_SIZES);
+	reserve(ntickets + 1);
+	old = MemoryContextSwitchTo(release_cxt);
+	t = palloc0(sizeof(ReleaseTicket));
+	t->key = pstrdup(ref->key);
+	t->prefix = pstrdup(ref->prefix);
+	t->acquisition = pstrdup(acquisition);
+	names_lock_keys(ref, &keys);
+	script_command(&cmd, SCRIPT_RELEASE, &keys, 1, args);
+	t->command = script_format(&cmd, &t->command_len);
+	names_lock_keys_free(&keys);
+	t->ttl_ms = ttl_ms;
+	MemoryContextSwitchTo(old);
+	ntickets++;
+	return t;
+}
+
+void
+release_ticket_free(ReleaseTicket *t)
+{
+	pfree(t->key);
+	pfree(t->prefix);
+	pfree(t->acquisition);
+	pfree(t->command);
+	pfree(t);
+	ntickets--;
+}
+
+/* A lock call is about to ask Redis for acquisition t. */
+void
+release_call_started(ReleaseTicket *t)
+{
+	Assert(call_ticket == NULL);
+	call_ticket = t;
+	call_sent = false;
+}
+
+/*
+ * Whether the lock call in flight may have reached Redis (then, should it not finish, it is undone);
+ * returns what was said before.
+ */
+bool
+release_call_sent(bool sent)
+{
+	bool		was = call_sent;
+
+	call_sent = sent;
+	return was;
+}
+
+/* The lock call finished (taken or not): its ticket goes back to the caller. */
+ReleaseTicket *
+release_call_finished(void)
+{
+	ReleaseTicket *t = call_ticket;
+
+	call_ticket = NULL;
+	call_sent = false;
+	return t;
+}
+
+/* Remove owed[i], keeping the order of the rest. */
+static void
+owed_remove(int i)
+{
+	release_ticket_free(owed[i]);
+	memmove(&owed[i], &owed[i + 1], (nowed - i - 1) * sizeof(*owed));
+	memmove(&owed_state[i], &owed_state[i + 1], (nowed - i - 1) * sizeof(*owed_state));
+	nowed--;
+}
+
+/*
+ * Owe the release of t from now on (it takes t). warn_if_lost: it is a held lock released after a
+ * commit, whose loss is worth a WARNING. Allocates nothing.
+ */
+void
+release_enqueue(ReleaseTicket *t, bool warn_if_lost)
+{
+	int64		ttl = t->ttl_ms;
+
+	Assert(nowed < capacity);
+	/* by then the lease, the lock hash's TTL after it, and any heartbeat have run out */
+	t->forget_after_ms = redislock_monotonic_ms() + 2 * ttl + 10000 +
+		2 * REDISLOCK_RECHECK_MS + redislock_command_timeout_ms;
+	owed[nowed] = t;
+	owed_state[nowed].sent = false;
+	owed_state[nowed].maybe_ran = false;
+	owed_state[nowed].warn_if_lost = warn_if_lost && t->held;
+	nowed++;
+	nenqueued++;
+}
+
+static void
+warn_lost(const ReleaseTicket *t)
+{
+	ereport(WARNING,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("redis lock \"%s\" had already been lost when it was released", t->key),
+			 errdetail("Its lease had run out and another holder had taken it, or Redis had forgotten it, before this session's transaction ended.")));
+}
+
+/*
+ * Judge Redis's answer r to owed[i]: true when the release is settled (done, or not worth running
+ * again), false when it must run again (NOSCRIPT: it did not run).
+ */
+static bool
+judge(int i, const redisReply *r)
+{
+	ReleaseTicket *t = owed[i];
+
+	if (script_reply_is_noscript(r))
+		return false;
+	if (r->type == REDIS_REPLY_INTEGER)
+	{
+		if (r->integer != 1 && owed_state[i].warn_if_lost && !owed_state[i].maybe_ran)
+			warn_lost(t);
+		return true;
+	}
+	if (t->held)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONNECTION_EXCEPTION),
+				 errmsg("could not release redis lock \"%s\"", t->key),
+				 r->type == REDIS_REPLY_ERROR ?
+				 errdetail("Redis answered: %.*s Its lease frees it.", (int) Min(r->len, 300), r->str) :
+				 errdetail("Redis answered with something that is not a release's answer. Its lease frees it.")));
+	return true;
+}
+
+/*
+ * Read the answers owed on the connection to releases sent without waiting, and judge them. On a
+ * failure (a cancel, a timeout, a broken connection) the releases are owed again, as maybe run.
+ * Returns false with err set when the answers could not be read.
+ */
+static bool
+read_sent_answers(bool interruptible, RedisError *err)
+{
+	RedisServer *server = redis_primary_server_as_is();
+	int			nsent = 0;
+	int			j = 0;
+
+	for (int i = 0; i < nowed; i++)
+	{
+		owed_state[i].reading = owed_state[i].sent;
+		if (owed_state[i].sent)
+		{
+			nsent++;
+			/* should the read throw (a cancel), they are owed again, maybe run */
+			owed_state[i].sent = false;
+			owed_state[i].ran_before = owed_state[i].maybe_ran;
+			owed_state[i].maybe_ran = true;
+		}
+	}
+	if (nsent == 0)
+		return true;
+	if (redis_unanswered(server) != nsent)
+		return true;			/* the connection closed meanwhile: run them again */
+	if (!redis_read_unanswered(server, answers, interruptible, err))
+		return false;
+
+	/* the answers come in the order of the owed list, which keeps the order of sending */
+	for (int i = 0; i < nowed && j < nsent;)
+	{
+		if (!owed_state[i].reading)
+		{
+			i++;
+			continue;
+		}
+		owed_state[i].reading = false;
+		owed_state[i].maybe_ran = owed_state[i].ran_before;
+		if (judge(i, answers[j]))
+			owed_remove(i);
+		else
+			i++;
+		j++;
+	}
+	redis_free_replies(nsent, answers);
+	return true;
+}
+
+/*
+ * Where owed releases go: the connection they were sent on while it is up, even when the connection
+ * settings changed since (locks are released where they were taken); else the server the settings
+ * name.
+ */
+static RedisServer *
+release_server(void)
+{
+	RedisServer *as_is = redis_primary_server_as_is();
+
+	if (redislock_connection_settings_changed &&
+		redis_connection_intact(as_is, redis_connection_epoch(as_is)))
+		return as_is;
+	return redis_primary_server();
+}
+
+/* Drop owed releases that Redis has let go of by itself. */
+static void
+drop_forgotten(void)
+{
+	int64		now = redislock_monotonic_ms();
+
+	for (int i = 0; i < nowed;)
+	{
+		if (!owed_state[i].sent && now > owed[i]->forget_after_ms)
+			owed_remove(i);
+		else
+			i++;
+	}
+}
+
+/*
+ * Run every owed release that is not on the wire, in one round trip (EVALSHA, EVAL on NOSCRIPT).
+ * Returns false with err set when Redis could not be asked; they stay owed. Allocates, and throws when
+ * interruptible; callers in commit and abort callbacks go through run_unsent_quietly.
+ */
+static bool
+run_unsent(bool interruptible, RedisError *err)
+{
+	RedisCommand *cmds = palloc(nowed * sizeof(RedisCommand));
+	LockKeys   *keys = palloc(nowed * sizeof(LockKeys));
+	int		   *idx = palloc(nowed * sizeof(int));
+	RedisScriptId *ids = palloc(nowed * sizeof(RedisScriptId));
+	redisReply **replies = palloc0(nowed * sizeof(redisReply *));
+	RedisServer *server = release_server();
+	int			n = 0;
+	bool		ok;
+
+	for (int i = 0; i < nowed; i++)
+	{
+		LockRef		ref;
+		const char *args[1];
+
+		if (owed_state[i].sent)
+			continue;
+		ref.prefix = owed[i]->prefix;
+		ref.key = owed[i]->key;
+		args[0] = owed[i]->acquisition;
+		names_lock_keys(&ref, &keys[n]);
+		script_command(&cmds[n], SCRIPT_RELEASE, &keys[n], 1, args);
+		ids[n] = SCRIPT_RELEASE;
+		idx[n++] = i;
+	}
+	ok = n == 0 || script_run(server, n, cmds, ids, replies, redislock_command_timeout_ms,
+							  interruptible, err);
+	if (ok)
+	{
+		/* every answer is final here (script_run already ran NOSCRIPT ones again) */
+		for (int k = 0; k < n; k++)
+			(void) judge(idx[k], replies[k]);
+		redis_free_replies(n, replies);
+		for (int k = n - 1; k >= 0; k--)
+			owed_remove(idx[k]);
+	}
+	else
+	{
+		for (int k = 0; k < n; k++)
+			owed_state[idx[k]].maybe_ran |= err->sent;
+	}
+	for (int k = 0; k < n; k++)
+		names_lock_keys_free(&keys[k]);
+	pfree(replies);
+	pfree(ids);
+	pfree(idx);
+	pfree(keys);
+	pfree(cmds);
+	return ok;
+}
+
+/*
+ * run_unsent where no ERROR may escape (commit and abort callbacks, backend exit): running out of
+ * memory leaves the releases owed.
+ */
+static bool
+run_unsent_quietly(RedisError *err)
+{
+	MemoryContext old = CurrentMemoryContext;
+	bool		ok = false;
+
+	PG_TRY();
+	{
+		ok = run_unsent(false, err);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(old);
+		FlushErrorState();
+		err->sqlstate = ERRCODE_OUT_OF_MEMORY;
+		snprintf(err->message, sizeof(err->message), "could not release redis locks: out of memory");
+		err->detail[0] = err->hint[0] = '\0';
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * Before any command on the connection: read what Redis owes to releases sent without waiting, and
+ * run again every owed release whose outcome is unknown. Interruptible (a lock operation is about to
+ * follow): a Redis that does not answer in time, or cannot be reached, fails here with that
+ * operation's ERROR (the releases stay owed). Not interruptible: never throws; failures are left for
+ * the next settle.
+ */
+void
+release_settle(bool interruptible)
+{
+	RedisError	err;
+
+	if (nowed == 0)
+		return;
+	if (!read_sent_answers(interruptible, &err))
+	{
+		/* a stalled Redis: the operation that follows would wait as long again; it fails now */
+		if (interruptible && err.timed_out)
+			redis_raise(&err);
+	}
+	drop_forgotten();
+	if (nowed == 0)
+		return;
+	if (interruptible)
+	{
+		if (!run_unsent(true, &err) && (err.timed_out || !err.sent || err.connection_lost))
+			redis_raise(&err);
+	}
+	else
+		(void) run_unsent_quietly(&err);
+}
+
+/*
+ * At the end of a transaction, subtransaction or backend: release what release_enqueue queued (and
+ * undo the lock call in flight, if it may have reached Redis). Never throws; allocates nothing of
+ * PostgreSQL's on its usual path (one write). wait: read Redis's answers now (backend exit); so does
+ * redislock.synchronous_release, and a connection that has not answered the release script yet (it
+ * may not know it). Held locks that cannot be released now are a WARNING; they stay owed.
+ */
+void
+release_at_xact_end(bool wait)
+{
+	RedisServer *server;
+	RedisError	err;
+	int			n = 0;
+	bool		any_held = false;
+
+	if (call_ticket != NULL)
+	{
+		bool		sent = call_sent;
+		ReleaseTicket *t = release_call_finished();
+
+		if (sent)
+			release_enqueue(t, false);
+		else
+			release_ticket_free(t);
+	}
+	/* a transaction that released nothing does not wait on Redis (unless the backend exits) */
+	if (nowed == 0 || (nenqueued == 0 && !wait))
+		return;
+	nenqueued = 0;
+
+	/* what earlier releases answered comes first on the connection */
+	if (!read_sent_answers(false, &err))
+	{
+		/* they are owed again; sent below with the rest */
+	}
+	drop_forgotten();
+	server = release_server();
+	for (int i = 0; i < nowed; i++)
+	{
+		any_held |= owed[i]->held;
+		if (!owed_state[i].sent)
+		{
+			send_buf[n].buf = owed[i]->command;
+			send_buf[n++].len = owed[i]->command_len;
+		}
+	}
+	if (n == 0)
+		return;
+	if (!wait && !redislock_synchronous_release && script_known(server, SCRIPT_RELEASE) &&
+		redis_send_unanswered(server, n, send_buf, &err))
+	{
+		for (int i = 0; i < nowed; i++)
+			owed_state[i].sent = true;
+		return;
+	}
+	/* a round trip, on a new connection if need be */
+	if (!run_unsent_quietly(&err) && any_held)
+		redis_warn(&err, "Their release is run again before this session's next Redis command; their leases free them otherwise.");
+}
+
+/*
+ * Release the n locks of tickets now (redis_unlock, redis_unlock_all, DISCARD ALL), in one round
+ * trip; owned[i] says whether tickets[i] still owned its lock. It takes the tickets. On failure
+ * (false, err set) the releases stay owed and run again before the next command. Interruptible.
+ */
+bool
+release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
+{
+	RedisCommand *cmds;
+	LockKeys   *keys;
+	int			first;
+	bool		ok;
+
+	release_settle(true);
+	/* owed while the round trip is under way: a cancel leaves them to run again */
+	first = nowed;
+	for (int i = 0; i < n; i++)
+	{
+		release_enqueue(tickets[i], false);
+		owed_state[nowed - 1].maybe_ran = true;
+	}
+	nenqueued -= n;
+	cmds = palloc(n * sizeof(RedisCommand));
+	keys = palloc(n * sizeof(LockKeys));
+	for (int i = 0; i < n; i++)
+	{
+		LockRef		ref = {tickets[i]->prefix, tickets[i]->key};
+		const char *args[1] = {tickets[i]->acquisition};
+
+		names_lock_keys(&ref, &keys[i]);
+		script_command(&cmds[i], SCRIPT_RELEASE, &keys[i], 1, args);
+	}
+	ok = script_run_yes_no(release_server(), n, SCRIPT_RELEASE, cmds, owned, true, err);
+	for (int i = 0; i < n; i++)
+		names_lock_keys_free(&keys[i]);
+	pfree(keys);
+	pfree(cmds);
+	if (ok || (err->sent && !err->connection_lost && !err->timed_out))
+	{
+		/* answered (an error reply is final too): no longer owed */
+		while (nowed > first)
+			owed_remove(nowed - 1);
+	}
+	return ok;
+}
