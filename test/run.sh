@@ -43,7 +43,7 @@ fi
 if [[ $suites == *" tap "* ]]; then
 rl_log "TAP"
 tap=$RL_TMP/tap
-mkdir -p "$tap" && cp -r test/t test/perl test/scenarios "$tap/"
+mkdir -p "$tap" && cp -r test/t test/perl test/scenarios README.md "$tap/" && cp -r src/lua/out "$tap/lua"
 [ "$(id -u)" -eq 0 ] && chown -R postgres "$tap"
 (cd "$tap" && rl_as_pg env PATH="$PG_BIN:$PATH" PG_REGRESS="$PGXS_TEST/regress/pg_regress" \
   PERL5LIB="/usr/lib/postgresql/15/lib/pgxs/src/test/perl:$tap/perl" TESTDIR="$tap" \

@@ -49,12 +49,13 @@ sub start_redis
 	return $self;
 }
 
-# new_node(name, redis, extra postgresql.conf text): a started cluster with the extension created.
+# new_node(name, redis, extra postgresql.conf text, init options): a started cluster with the
+# extension created.
 sub new_node
 {
-	my ($name, $redis, $conf) = @_;
+	my ($name, $redis, $conf, %init) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(%init);
 	$node->append_conf('postgresql.conf', "max_connections = 150\n" . "redislock.host = '127.0.0.1'\n"
 		  . "redislock.port = $redis->{port}\n" . ($conf // ''));
 	$node->start;

@@ -1,7 +1,9 @@
 # The lease keeper (redislock in shared_preload_libraries): leases of live backends never lapse, a
 # dead holder's lock frees within one lease, killing the keeper loses no lease, a lock the keeper
 # cannot renew takes the lost-lock path; session locks survive COMMIT and ROLLBACK and go with
-# redis_unlock, DISCARD ALL and session end. Without preload, session locks refuse with a hint.
+# redis_unlock, DISCARD ALL and session end; a lost session lock fails one commit with 55000 and is
+# forgotten. redislock.max_locks is a hard cap that leaves PostgreSQL's lock capacity alone. The keeper
+# runs on a hot standby too. Without preload, session locks refuse with a hint.
 use strict;
 use warnings;
 use lib 'perl';
@@ -12,7 +14,8 @@ use RedisLockTest;
 
 my $redis = start_redis();
 my $a = new_node('keeper', $redis,
-	"shared_preload_libraries = 'redislock'\nrestart_after_crash = on\nredislock.command_timeout = '500ms'\n");
+	"shared_preload_libraries = 'redislock'\nrestart_after_crash = on\nredislock.command_timeout = '500ms'\nredislock.max_locks = 16\nautovacuum = off\n",
+	allows_streaming => 1);
 my $b = new_node('plain', $redis);
 $SIG{PIPE} = 'IGNORE';
 
@@ -126,6 +129,87 @@ like($out0, qr/^lease\n/, 'a session using another Redis is in lease mode');
 is($err0, '', 'its lock, not renewed by the keeper on the wrong Redis, commits (nobody took it)');
 ($rc0, $out0, $err0) = $a->psql('postgres', "SET redislock.port = $other->{port}; SELECT redis_session_lock('keep:other')");
 like($err0, qr/need the redislock lease keeper/, 'and it cannot take session locks');
+
+# --- a lost session lock fails one commit with 55000, and the session goes on without it ----------
+{
+	my $s = $a->background_psql('postgres', on_error_stop => 0);
+	$s->query_safe("SELECT redis_session_lock('lost:s', '1 s')");
+	$redis->cli('DEL', '{redislock:lost:s}');    # Redis forgets it ...
+	my $other = $b->background_psql('postgres');
+	$other->query_safe("BEGIN; SELECT redis_wait_lock('lost:s', '60 s');");    # ... and someone else takes it
+	sleep 1.5;    # the keeper's next renewal finds it lost
+	$s->query("\\set VERBOSITY verbose\nSELECT 1;");
+	like($s->{stderr}, qr/ERROR:  55000: redis session lock "lost:s" was lost/,
+		'the next transaction to commit fails with 55000, naming the key');
+	$s->{stderr} = '';
+	$s->query("SELECT 2; SELECT count(*) FROM redis_locks;");
+	is($s->{stderr}, '', 'the session then works normally');
+	$other->query_safe('COMMIT');
+	$other->quit;
+
+	$s->query_safe("SELECT redis_session_lock('lost:u', '1 s')");
+	$redis->cli('DEL', '{redislock:lost:u}');
+	sleep 1.5;
+	my $out = $s->query("SELECT redis_unlock('lost:u');");
+	is($out, 'f', 'redis_unlock of a lost session lock returns false');
+	like($s->{stderr}, qr/WARNING:  55000: redis lock "lost:u" had already been lost/, 'with a WARNING');
+	unlike($s->{stderr}, qr/ERROR/, 'and no ERROR');
+	$s->{stderr} = '';
+	is($s->query("SELECT count(*) FROM redis_locks"), '0', 'it is forgotten');
+	is($s->{stderr}, '', 'and the session works normally');
+	$s->quit;
+}
+
+# --- redislock.max_locks is a hard cap, in memory of its own ---------------------------------------
+{
+	$a->safe_psql('postgres', q{
+		CREATE FUNCTION advisory_capacity() RETURNS int LANGUAGE plpgsql AS $$
+		DECLARE n int := 0;
+		BEGIN
+		  BEGIN
+		    LOOP PERFORM pg_advisory_xact_lock(n); n := n + 1; END LOOP;
+		  EXCEPTION WHEN out_of_memory THEN RETURN n;
+		  END;
+		END $$;
+		CREATE ROLE ordinary LOGIN;});
+	$a->restart;
+	my $before = $a->safe_psql('postgres', 'SELECT advisory_capacity()');
+	$a->restart;
+	my ($rc1, $out1, $err1) = $a->psql('postgres',
+		"\\set VERBOSITY sqlstate\nSELECT count(*) FROM generate_series(1, 16) i WHERE redis_try_lock('cap:' || i);",
+		extra_params => [ '-U', 'ordinary' ]);
+	is($out1, '16', 'an ordinary user holds redislock.max_locks = 16 locks');
+	my ($rc2, $out2, $err2) = $a->psql('postgres',
+		"\\set VERBOSITY sqlstate\nSELECT count(*) FROM generate_series(1, 2000) i WHERE redis_try_lock('burst:' || i);",
+		extra_params => [ '-U', 'ordinary' ]);
+	like($err2, qr/ERROR:  53200/, 'a burst beyond max_locks fails with 53200');
+	my $after = $a->safe_psql('postgres', 'SELECT advisory_capacity()');
+	# (a few locks of other processes come and go: the registry's growth would cost hundreds)
+	cmp_ok($after, '>=', $before - 20, "the burst leaves PostgreSQL's lock capacity as it was ($before, then $after advisory locks)");
+}
+
+# --- the keeper runs on a hot standby, and redis_lock_mode() says keeper only while it runs -------
+{
+	$a->backup('for_standby');
+	my $standby = PostgreSQL::Test::Cluster->new('standby');
+	$standby->init_from_backup($a, 'for_standby', has_streaming => 1);
+	$standby->start;
+	ok($standby->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'redislock lease keeper'"),
+		'a lease keeper runs on the hot standby');
+	is($standby->safe_psql('postgres', 'SELECT redis_lock_mode()'), 'keeper', 'redis_lock_mode() there says keeper');
+	my $s = $standby->background_psql('postgres');
+	$s->query_safe("SELECT redis_session_lock('standby:leader', '1 s')");
+	my $kept = 1;
+	for (1 .. 6)
+	{
+		sleep 0.5;
+		$kept &&= !free_on_b('standby:leader');
+	}
+	ok($kept, 'a 1 s session lock taken on the standby is held for 3 s');
+	$s->quit;
+	$standby->stop;
+}
 
 # --- without preload --------------------------------------------------------------------------------
 my ($rc, $out, $err) = $b->psql('postgres', "\\set VERBOSITY verbose\nSELECT redis_session_lock('keep:nopreload')");
