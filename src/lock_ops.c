@@ -55,6 +55,7 @@ reply_is_integer(const redisReply *r)
 typedef struct AcquireResult
 {
 	bool		acquired;
+	bool		place_gone;		/* a re-check found its place in the queue gone: join again */
 	int64		token;
 	int64		lease_left_ms;	/* ours when acquired, else the current holder's; -1 unknown */
 } AcquireResult;
@@ -104,9 +105,12 @@ acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char
 			 (reply->element[0]->integer == 1 &&
 			  (reply->elements != 3 || !reply_is_integer(reply->element[2]))))
 		redis_error_malformed(server, "acquire script answered with an unexpected shape", &err);
+	else if (reply->element[0]->integer < 0 || reply->element[0]->integer > 2)
+		redis_error_malformed(server, "acquire script answered with an unexpected verdict", &err);
 	else
 	{
 		res->acquired = reply->element[0]->integer == 1;
+		res->place_gone = reply->element[0]->integer == 2;
 		if (res->acquired)
 		{
 			res->token = reply->element[1]->integer;
@@ -266,6 +270,12 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 			return res.token;
 		}
 		not_granted_at = sent;
+		if (res.place_gone)
+		{
+			/* our heartbeat lapsed (a long pause) and the queue moved on: join again, at the tail */
+			mode = "wait";
+			continue;
+		}
 		mode = "recheck";
 
 		/* sleep no longer than the current lease: if it runs out unreleased, the queue moves on */

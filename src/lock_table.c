@@ -60,6 +60,7 @@ lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, b
 	bool		found;
 	HeldLock   *lock;
 	ReleaseTicket *ticket;
+	int		   *hold_levels;
 
 	if (walk_cap < lock_table_count() + 1)
 	{
@@ -69,8 +70,10 @@ lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, b
 			MemoryContextAlloc(TopMemoryContext, cap * sizeof(HeldLock *));
 		walk_cap = cap;
 	}
+	hold_levels = MemoryContextAlloc(TopMemoryContext, 4 * sizeof(int));
 	lock = hash_search(table(), key, HASH_ENTER, &found);
 	Assert(!found);
+	/* nothing below allocates until the registry: the entry is whole when the ticket moves */
 	ticket = release_call_finished();
 	strlcpy(lock->prefix, ticket->prefix, sizeof(lock->prefix));
 	strlcpy(lock->acquisition, ticket->acquisition, sizeof(lock->acquisition));
@@ -80,11 +83,11 @@ lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, b
 	lock->ttl_ms = ttl_ms;
 	lock->acquired_at = GetCurrentTimestamp();
 	lock->lease_start_ms = lease_start_ms;
-	lock->connection_epoch = redis_connection_epoch(redis_primary_server());
+	lock->connection_epoch = redis_connection_epoch(redis_primary_server_as_is());
 	lock->session_holds = session ? 1 : 0;
 	lock->nholds = 0;
 	lock->holds_cap = 4;
-	lock->hold_levels = MemoryContextAlloc(TopMemoryContext, lock->holds_cap * sizeof(int));
+	lock->hold_levels = hold_levels;
 	if (!session)
 		lock_table_push_hold(lock);
 	PG_TRY();

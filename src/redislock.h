@@ -192,6 +192,8 @@ extern bool script_run(RedisServer *server, int ncmds, RedisCommand *cmds, Redis
 extern bool script_run_yes_no(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds,
 							  int *answers, bool interruptible, RedisError *err);
 extern bool script_reply_is_noscript(const redisReply *reply);
+extern bool script_reply_not_run(const redisReply *reply);
+extern void script_note_answer(RedisServer *server, RedisScriptId id, const redisReply *reply);
 extern bool script_known(RedisServer *server, RedisScriptId id);
 
 /* release.c */

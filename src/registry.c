@@ -146,11 +146,10 @@ registry_keeper_tick(void)
 }
 
 /*
- * Whether the lease keeper keeps this session's leases alive: redislock was preloaded, a keeper runs
- * (on a standby too), and the session's settings name the Redis it renews on.
+ * Whether the keeper renews on the Redis this session's settings name (running: and runs now).
  */
-bool
-registry_active(void)
+static bool
+keeper_serves_session(bool running)
 {
 	char		identity[SERVER_IDENTITY_LEN];
 	bool		same;
@@ -159,10 +158,20 @@ registry_active(void)
 		return false;
 	server_identity(identity, sizeof(identity));
 	LWLockAcquire(registry_lock, LW_SHARED);
-	same = registry_shared->keeper_pid != 0 &&
+	same = (!running || registry_shared->keeper_pid != 0) &&
 		strcmp(registry_shared->keeper_server, identity) == 0;
 	LWLockRelease(registry_lock);
 	return same;
+}
+
+/*
+ * Whether the lease keeper keeps this session's leases alive: redislock was preloaded, a keeper runs
+ * (on a standby too), and the session's settings name the Redis it renews on.
+ */
+bool
+registry_active(void)
+{
+	return keeper_serves_session(true);
 }
 
 static void
@@ -173,7 +182,11 @@ make_tag(RegistryTag *tag, int pid, const char *key)
 	strlcpy(tag->key, key, sizeof(tag->key));
 }
 
-/* Enter a lock this backend now holds. ERROR when the registry is full (the abort releases it). */
+/*
+ * Enter a lock this backend now holds. ERROR when the registry is full (the abort releases it). A
+ * keeper that is restarting (or briefly stuck) still gets the lock to renew: what counts is the Redis
+ * the keeper renews on, not whether it runs at this instant.
+ */
 void
 registry_add(const HeldLock *lock)
 {
@@ -181,7 +194,7 @@ registry_add(const HeldLock *lock)
 	RegistryEntry *entry;
 	bool		found;
 
-	if (!registry_active())
+	if (!keeper_serves_session(false))
 		return;
 	make_tag(&tag, MyProcPid, lock->key);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);

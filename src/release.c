@@ -193,22 +193,27 @@ warn_lost(const ReleaseTicket *t)
 
 /*
  * Judge Redis's answer r to owed[i]: true when the release is settled (done, or not worth running
- * again), false when it must run again (NOSCRIPT: it did not run).
+ * again), false when it must run again (it did not run: NOSCRIPT, LOADING, BUSY, ...). *owned, when
+ * not NULL, is 1 or 0 for an answer that says whether the acquisition still owned its lock, -1 else.
  */
 static bool
-judge(int i, const redisReply *r)
+judge(int i, const redisReply *r, int *owned)
 {
 	ReleaseTicket *t = owed[i];
 
-	if (script_reply_is_noscript(r))
+	if (owned)
+		*owned = -1;
+	if (script_reply_not_run(r))
 		return false;
 	if (r->type == REDIS_REPLY_INTEGER)
 	{
+		if (owned)
+			*owned = r->integer == 1;
 		if (r->integer != 1 && owed_state[i].warn_if_lost && !owed_state[i].maybe_ran)
 			warn_lost(t);
 		return true;
 	}
-	if (t->held)
+	if (t->held && owned == NULL)	/* (with owned, the caller reports it) */
 		ereport(WARNING,
 				(errcode(ERRCODE_CONNECTION_EXCEPTION),
 				 errmsg("could not release redis lock \"%s\"", t->key),
@@ -259,7 +264,8 @@ read_sent_answers(bool interruptible, RedisError *err)
 		}
 		owed_state[i].reading = false;
 		owed_state[i].maybe_ran = owed_state[i].ran_before;
-		if (judge(i, answers[j]))
+		script_note_answer(server, SCRIPT_RELEASE, answers[j]);
+		if (judge(i, answers[j], NULL))
 			owed_remove(i);
 		else
 			i++;
@@ -330,23 +336,31 @@ run_unsent(bool interruptible, RedisError *err)
 		names_lock_keys(&ref, &keys[n]);
 		script_command(&cmds[n], SCRIPT_RELEASE, &keys[n], 1, args);
 		ids[n] = SCRIPT_RELEASE;
+		/* should a cancel cut the round trip short, they may have run */
+		owed_state[i].ran_before = owed_state[i].maybe_ran;
+		owed_state[i].maybe_ran = true;
 		idx[n++] = i;
 	}
 	ok = n == 0 || script_run(server, n, cmds, ids, replies, redislock_command_timeout_ms,
 							  interruptible, err);
+	for (int k = 0; k < n; k++)
+	{
+		if (ok || !err->sent)
+			owed_state[idx[k]].maybe_ran = owed_state[idx[k]].ran_before;
+	}
 	if (ok)
 	{
-		/* every answer is final here (script_run already ran NOSCRIPT ones again) */
+		bool	   *settled = palloc(n * sizeof(bool));
+
 		for (int k = 0; k < n; k++)
-			(void) judge(idx[k], replies[k]);
+			settled[k] = judge(idx[k], replies[k], NULL);
 		redis_free_replies(n, replies);
 		for (int k = n - 1; k >= 0; k--)
-			owed_remove(idx[k]);
-	}
-	else
-	{
-		for (int k = 0; k < n; k++)
-			owed_state[idx[k]].maybe_ran |= err->sent;
+		{
+			if (settled[k])
+				owed_remove(idx[k]);
+		}
+		pfree(settled);
 	}
 	for (int k = 0; k < n; k++)
 		names_lock_keys_free(&keys[k]);
@@ -465,12 +479,17 @@ release_at_xact_end(bool wait)
 	}
 	if (n == 0)
 		return;
-	if (!wait && !redislock_synchronous_release && script_known(server, SCRIPT_RELEASE) &&
-		redis_send_unanswered(server, n, send_buf, &err))
+	if (!wait && !redislock_synchronous_release && script_known(server, SCRIPT_RELEASE))
 	{
-		for (int i = 0; i < nowed; i++)
-			owed_state[i].sent = true;
-		return;
+		if (redis_send_unanswered(server, n, send_buf, &err))
+		{
+			for (int i = 0; i < nowed; i++)
+				owed_state[i].sent = true;
+			return;
+		}
+		/* part of the write may have reached Redis */
+		for (int i = 0; i < nowed && err.sent; i++)
+			owed_state[i].maybe_ran = true;
 	}
 	/* a round trip, on a new connection if need be */
 	if (!run_unsent_quietly(&err) && any_held)
@@ -478,19 +497,35 @@ release_at_xact_end(bool wait)
 }
 
 /*
- * Release the n locks of tickets now (redis_unlock, redis_unlock_all, DISCARD ALL), in one round
- * trip; owned[i] says whether tickets[i] still owned its lock. It takes the tickets. On failure
- * (false, err set) the releases stay owed and run again before the next command. Interruptible.
+ * Release the n locks of tickets now (redis_unlock, redis_unlock_all, DISCARD ALL, a wait that timed
+ * out), in one round trip; owned[i] says whether tickets[i] still owned its lock. It takes the
+ * tickets: whatever happens, even an ERROR or a cancel, their releases are owed until Redis has
+ * answered them, and run again before the next command. Returns false with err set when Redis did not
+ * answer every release (transport failure, or an error reply); throws only on an interrupt.
  */
 bool
 release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
 {
 	RedisCommand *cmds;
 	LockKeys   *keys;
+	RedisScriptId *ids;
+	redisReply **replies;
 	int			first;
 	bool		ok;
 
-	release_settle(true);
+	PG_TRY();
+	{
+		release_settle(true);
+	}
+	PG_CATCH();
+	{
+		/* Redis cannot be reached or a cancel came: the releases are owed, for the abort to send */
+		for (int i = 0; i < n; i++)
+			release_enqueue(tickets[i], false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
 	/* owed while the round trip is under way: a cancel leaves them to run again */
 	first = nowed;
 	for (int i = 0; i < n; i++)
@@ -498,9 +533,10 @@ release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
 		release_enqueue(tickets[i], false);
 		owed_state[nowed - 1].maybe_ran = true;
 	}
-	nenqueued -= n;
 	cmds = palloc(n * sizeof(RedisCommand));
 	keys = palloc(n * sizeof(LockKeys));
+	ids = palloc(n * sizeof(RedisScriptId));
+	replies = palloc0(n * sizeof(redisReply *));
 	for (int i = 0; i < n; i++)
 	{
 		LockRef		ref = {tickets[i]->prefix, tickets[i]->key};
@@ -508,17 +544,40 @@ release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
 
 		names_lock_keys(&ref, &keys[i]);
 		script_command(&cmds[i], SCRIPT_RELEASE, &keys[i], 1, args);
+		ids[i] = SCRIPT_RELEASE;
 	}
-	ok = script_run_yes_no(release_server(), n, SCRIPT_RELEASE, cmds, owned, true, err);
+	ok = script_run(release_server(), n, cmds, ids, replies, redislock_command_timeout_ms, true, err);
+	if (ok)
+	{
+		bool	   *settled = palloc(n * sizeof(bool));
+
+		for (int i = 0; i < n; i++)
+		{
+			owed_state[first + i].maybe_ran = false;	/* this is the answer of its one run */
+			settled[i] = judge(first + i, replies[i], &owned[i]);
+			if (owned[i] < 0 && ok)
+			{
+				/* an error reply: the caller says so */
+				if (replies[i]->type == REDIS_REPLY_ERROR)
+					redis_error_from_reply(release_server(), replies[i], err);
+				else
+					redis_error_malformed(release_server(), "a release answered with an unexpected shape", err);
+				ok = false;
+			}
+		}
+		redis_free_replies(n, replies);
+		for (int i = n - 1; i >= 0; i--)
+		{
+			if (settled[i])
+				owed_remove(first + i);
+		}
+		pfree(settled);
+	}
 	for (int i = 0; i < n; i++)
 		names_lock_keys_free(&keys[i]);
+	pfree(replies);
+	pfree(ids);
 	pfree(keys);
 	pfree(cmds);
-	if (ok || (err->sent && !err->connection_lost && !err->timed_out))
-	{
-		/* answered (an error reply is final too): no longer owed */
-		while (nowed > first)
-			owed_remove(nowed - 1);
-	}
 	return ok;
 }

@@ -64,8 +64,8 @@ script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
 static uint64 known_epoch = 0;
 static uint32 known_scripts = 0;
 
-static void
-note_answer(RedisServer *server, RedisScriptId id, const redisReply *reply)
+void
+script_note_answer(RedisServer *server, RedisScriptId id, const redisReply *reply)
 {
 	uint64		epoch = redis_connection_epoch(server);
 
@@ -96,6 +96,26 @@ script_reply_is_noscript(const redisReply *reply)
 }
 
 /*
+ * Whether an error reply says the script did not run at all, for a reason that passes: Redis did not
+ * know it, was loading its data, busy running another script, a replica, or its cluster was down.
+ */
+bool
+script_reply_not_run(const redisReply *reply)
+{
+	static const char *const passing[] = {"NOSCRIPT", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN",
+	"CLUSTERDOWN", "READONLY"};
+
+	if (reply->type != REDIS_REPLY_ERROR || reply->str == NULL)
+		return false;
+	for (int i = 0; i < lengthof(passing); i++)
+	{
+		if (strncmp(reply->str, passing[i], strlen(passing[i])) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
  * Run script commands built by script_command in one round trip, plus a second one only when
  * Redis had forgotten a script. ids[i] names the script of cmds[i]. On success every reply is set
  * (Redis error replies included: the caller interprets them); on failure nothing is left allocated.
@@ -110,7 +130,7 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 		return false;
 	for (int i = 0; i < ncmds; i++)
 	{
-		note_answer(server, ids[i], replies[i]);
+		script_note_answer(server, ids[i], replies[i]);
 		if (script_reply_is_noscript(replies[i]))
 		{
 			freeReplyObject(replies[i]);
@@ -144,7 +164,7 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 			if (replies[i] == NULL)
 			{
 				replies[i] = again[j++];
-				note_answer(server, ids[i], replies[i]);
+				script_note_answer(server, ids[i], replies[i]);
 			}
 		}
 		if (again != reloaded)

@@ -30,19 +30,30 @@
 static bool callbacks_registered = false;
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
-/* The first transaction lock this transaction found lost: it may not commit. */
+/*
+ * The first transaction lock this transaction found lost, or could not release (so could not learn
+ * whether it still held it): it may not commit.
+ */
 static char lost_key[REDISLOCK_KEY_MAX + 1];
 static bool has_lost = false;
+static bool lost_unconfirmed = false;
 
-/* This transaction may not commit: its lock on key was lost. */
-void
-xact_note_lost(const char *key)
+static void
+note_lost(const char *key, bool unconfirmed)
 {
 	if (!has_lost)
 	{
 		strlcpy(lost_key, key, sizeof(lost_key));
 		has_lost = true;
+		lost_unconfirmed = unconfirmed;
 	}
+}
+
+/* This transaction may not commit: its lock on key was lost. */
+void
+xact_note_lost(const char *key)
+{
+	note_lost(key, false);
 }
 
 /* How close to the end of its lease a lock is verified before commit. */
@@ -82,6 +93,64 @@ forget_lost(HeldLock *lock)
 	release_enqueue(lock_table_remove(lock), false);
 }
 
+/*
+ * A session lock that is lost, or cannot be proven held: forget it, and fail this commit with 55000
+ * (once: the session then goes on without it). why completes "It is lost: ...".
+ */
+static void
+fail_session_lock(HeldLock *lock, const char *why)
+{
+	char		key[REDISLOCK_KEY_MAX + 1];
+
+	strlcpy(key, lock->key, sizeof(key));
+	forget_lost(lock);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("redis session lock \"%s\" was lost", key),
+			 errdetail("This session no longer holds it: %s.", why),
+			 errhint("Take the lock again if the session still needs it.")));
+}
+
+/*
+ * lockop_verify_many for the check before commit, where every failure to ask Redis (including one
+ * met while settling what earlier releases owe) is reported in err rather than thrown, so that the
+ * commit fails with 40001. A cancel is still a cancel.
+ */
+static bool
+verify_or_explain(int n, const LockRef *refs, const char *const *acquisitions, const int64 *tokens,
+				  const int *keeps, int *kept, RedisError *err)
+{
+	MemoryContext old = CurrentMemoryContext;
+	bool		ok = false;
+
+	PG_TRY();
+	{
+		ok = lockop_verify_many(n, refs, acquisitions, tokens, keeps, kept, true, err);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(old);
+		edata = CopyErrorData();
+		/* a cancel, statement_timeout or shutdown stays what it is */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED || edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+		{
+			FreeErrorData(edata);
+			PG_RE_THROW();
+		}
+		FlushErrorState();
+		err->sqlstate = edata->sqlerrcode;
+		strlcpy(err->message, edata->message ? edata->message : "", sizeof(err->message));
+		strlcpy(err->detail, edata->detail ? edata->detail : "", sizeof(err->detail));
+		err->hint[0] = '\0';
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
 /* The check before commit; see the file header. */
 static void
 verify_before_commit(void)
@@ -99,6 +168,11 @@ verify_before_commit(void)
 	bool		intact = false;
 	RedisError	err;
 
+	if (has_lost && lost_unconfirmed)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not confirm redis lock \"%s\" before commit", lost_key),
+				 errdetail("Releasing it early failed, so it cannot be shown that it was held until then.")));
 	if (has_lost)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
@@ -120,25 +194,24 @@ verify_before_commit(void)
 		if (keeper_lost)
 		{
 			char		key[REDISLOCK_KEY_MAX + 1];
-			bool		in_xact = lock->nholds > 0;
 
+			if (lock->nholds == 0)
+				fail_session_lock(lock, "the lease keeper found it gone from Redis, or held by another holder");
 			strlcpy(key, lock->key, sizeof(key));
 			forget_lost(lock);
-			if (in_xact)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("redis lock \"%s\" was lost during this transaction", key),
-						 errdetail("The lease keeper found it gone from Redis or held by someone else.")));
 			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("redis session lock \"%s\" was lost", key),
-					 errdetail("The lease keeper found it gone from Redis, or held by another holder; this session no longer holds it."),
-					 errhint("Take the lock again if the session still needs it.")));
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("redis lock \"%s\" was lost during this transaction", key),
+					 errdetail("The lease keeper found it gone from Redis or held by someone else.")));
 		}
 		lock->lease_start_ms = Max(lock->lease_start_ms, renewed_ms);
 	}
 
-	/* only transaction locks are checked: the keeper vouches for session locks */
+	/*
+	 * Transaction locks are checked when their lease is near its end, their connection broke, or
+	 * verify_at_commit asks. Session locks are the keeper's to vouch for: only one whose lease has
+	 * run out unrenewed (no keeper renewed it) is checked, and it is lost (55000) if unproven.
+	 */
 	epoch = redis_connection_epoch(redis_primary_server_as_is());
 	intact = redis_connection_intact(redis_primary_server_as_is(), epoch);
 	for (int i = 0; i < n; i++)
@@ -146,9 +219,8 @@ verify_before_commit(void)
 		HeldLock   *lock = locks[i];
 		bool		expiring = now >= lock->lease_start_ms + lock->ttl_ms - commit_margin_ms(lock);
 
-		if (lock->nholds == 0)
-			continue;
-		if (redislock_verify_at_commit || expiring || !intact || lock->connection_epoch != epoch)
+		if (lock->nholds == 0 ? expiring :
+			(redislock_verify_at_commit || expiring || !intact || lock->connection_epoch != epoch))
 			locks[nchecked++] = lock;
 	}
 	if (nchecked == 0)
@@ -166,18 +238,28 @@ verify_before_commit(void)
 		tokens[i] = locks[i]->token;
 		keeps[i] = locks[i]->ttl_ms;
 	}
-	if (!lockop_verify_many(nchecked, refs, acquisitions, tokens, keeps, kept, true, &err))
+	if (!verify_or_explain(nchecked, refs, acquisitions, tokens, keeps, kept, &err))
 	{
 		/*
 		 * The lock cannot be proven held. "Nobody else can take it while Redis is unreachable" is
 		 * false: Redis may be unreachable from this server only, or back empty for everyone else.
 		 */
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not confirm redis lock \"%s\" before commit", refs[0].key),
-				 errdetail("The lock could not be checked in Redis (%s%s%s), so it cannot be shown that no other backend holds it.",
-						   err.message, err.detail[0] ? ": " : "", err.detail),
-				 errhint("Retry the transaction once Redis can be reached.")));
+		for (int i = 0; i < nchecked; i++)
+		{
+			if (locks[i]->nholds > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not confirm redis lock \"%s\" before commit", refs[i].key),
+						 errdetail("The lock could not be checked in Redis (%s%s%s), so it cannot be shown that no other backend holds it.",
+								   err.message, err.detail[0] ? ": " : "", err.detail),
+						 errhint("Retry the transaction once Redis can be reached.")));
+		}
+		fail_session_lock(locks[0], "its lease ran out unrenewed, and it could not be checked in Redis");
+	}
+	for (int i = 0; i < nchecked; i++)
+	{
+		if (!kept[i] && locks[i]->nholds == 0)
+			fail_session_lock(locks[i], "its lease ran out unrenewed, and Redis no longer has it for this session");
 	}
 	for (int i = 0; i < nchecked; i++)
 	{
@@ -322,6 +404,39 @@ warn_released_lost(const char *key, bool xact_hold)
 }
 
 /*
+ * release_now for redis_unlock and redis_unlock_all: when it fails (the release is then owed), a
+ * transaction hold it gave up makes the transaction unable to commit: it can no longer be shown that
+ * the lock was held until then.
+ */
+static bool
+release_now_or_unconfirm(int n, ReleaseTicket **tickets, char **keys, const bool *xact_hold,
+						 int *owned, RedisError *err)
+{
+	bool		ok = false;
+
+	PG_TRY();
+	{
+		ok = release_now(n, tickets, owned, err);
+	}
+	PG_CATCH();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			if (xact_hold[i])
+				note_lost(keys[i], true);
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	for (int i = 0; i < n && !ok; i++)
+	{
+		if (xact_hold[i])
+			note_lost(keys[i], true);
+	}
+	return ok;
+}
+
+/*
  * redis_unlock_all(), DISCARD ALL: release every lock now, in one round trip. Returns how many keys
  * were released. A transaction lock found already lost forbids this transaction's commit.
  */
@@ -350,7 +465,7 @@ xact_release_all(bool interruptible)
 	/* forgotten first: whatever happens next, their release is owed, not held */
 	for (int i = 0; i < n; i++)
 		tickets[i] = lock_table_remove(locks[i]);
-	if (!release_now(n, tickets, owned, &err))
+	if (!release_now_or_unconfirm(n, tickets, keys, xact_hold, owned, &err))
 		redis_raise(&err);
 	for (int i = 0; i < n; i++)
 	{
@@ -375,7 +490,7 @@ xact_release_one(HeldLock *lock, bool xact_hold)
 	int			owned;
 	RedisError	err;
 
-	if (!release_now(1, &ticket, &owned, &err))
+	if (!release_now_or_unconfirm(1, &ticket, &key, &xact_hold, &owned, &err))
 		redis_raise(&err);
 	if (!owned)
 	{

@@ -4,7 +4,8 @@
 -- and skipped). Modes: 'try' never queues; 'wait' queues; 'recheck' is a queued acquisition's
 -- heartbeat and bounded re-check, which also picks up a grant whose wake-up it missed.
 -- Returns {1, token, lease ms left} when this acquisition owns the lock now, {0, ms until the current
--- lease ends} otherwise.
+-- lease ends} otherwise, and {2, 0} to a re-check whose place in the queue is gone (its heartbeat
+-- lapsed, or it was undone): the caller joins again, at the tail.
 local me, ttl, mode, liveness = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local now_ms, now_us = redis_now()
 local owner, last, expires = lock_state(now_ms)
@@ -13,6 +14,15 @@ if owner == me then
   -- handed to this acquisition while it was not listening: this is that grant
   redis.call('DEL', grant_key(me))
   return {1, last, expires - now_ms}
+end
+
+if mode == 'recheck' then
+  if not redis.call('ZSCORE', queue_key, me) then
+    return {2, 0}
+  end
+elseif redis.call('EXISTS', tombstone_key(me)) == 1 then
+  -- (one more call for each acquisition, for the rare undo that overtook its acquire in the network)
+  return {0, 0}
 end
 
 if not owner then

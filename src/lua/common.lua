@@ -22,6 +22,14 @@ local function grant_key(holder)
   return lock_key .. ':g:' .. holder
 end
 
+-- Left by the undo of an acquisition that did not own the lock: a lock call cut short, whose request
+-- may still be on its way (a connection given up while the network held it). An acquire that arrives
+-- after its undo finds it and does nothing. Derived from KEYS[1], so it is in the same slot.
+local function tombstone_key(holder)
+  return lock_key .. ':x:' .. holder
+end
+local TOMBSTONE_MS = 60000
+
 -- The lock's state: owner (false when free or the lease ran out), last fencing token, lease expiry.
 local function lock_state(now_ms)
   local v = redis.call('HMGET', lock_key, 'owner', 'token', 'expires')

@@ -7,9 +7,11 @@
 local me = ARGV[1]
 local v = redis.call('HMGET', lock_key, 'owner', 'token')
 if v[1] ~= me then
-  -- not the owner: leave the queue, if queued, and drop a grant that may be on its way
+  -- not the owner: leave the queue, if queued, and drop a grant that may be on its way; an acquire of
+  -- this acquisition still in the network must not take the lock or queue after this
   forget_waiter(me)
   redis.call('DEL', grant_key(me))
+  redis.call('SET', tombstone_key(me), 1, 'PX', TOMBSTONE_MS)
   return 0
 end
 if redis.call('EXISTS', queue_key) == 1 then

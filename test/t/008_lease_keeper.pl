@@ -68,6 +68,26 @@ ok($a->poll_query_until('postgres',
 $h->query('COMMIT');
 is($h->{stderr}, '', 'the holder commits');
 
+# --- a lock taken while the keeper restarts is renewed by the next keeper ---------------------------
+{
+	my $old = $a->safe_psql('postgres', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'redislock lease keeper'");
+	$a->safe_psql('postgres', "SELECT pg_terminate_backend($old)");
+	ok($a->poll_query_until('postgres', "SELECT redis_lock_mode() = 'lease'"),
+		'while no keeper runs, redis_lock_mode() says lease');
+	my $g = $a->background_psql('postgres', on_error_stop => 0);
+	$g->query_safe("BEGIN; SELECT redis_wait_lock('keep:gap', '1 s');");
+	my $held = 1;
+	for (1 .. 8)
+	{
+		sleep 0.5;
+		$held &&= !free_on_b('keep:gap');
+	}
+	ok($held, 'a 1 s lock taken while the keeper was restarting is held for 4 s (the new keeper renews it)');
+	$g->query('COMMIT');
+	is($g->{stderr}, '', 'and commits');
+	$g->quit;
+}
+
 # --- Redis down during renewal: the lost-lock path --------------------------------------------------
 $h->query_safe("BEGIN; SELECT redis_wait_lock('keep:down', '1 s');");
 $redis->stop;

@@ -208,6 +208,67 @@ for my $verify ('off', 'on')
 	$x->quit;
 }
 
+# --- a redis_unlock that fails still gives the lock up: its release is owed, not lost --------------
+{
+	my $proxy = TcpProxy->start($redis->{port});
+	my $x = session($proxy->{port});
+	$x->query_safe("SELECT redis_try_lock('owe:warm')");
+	$x->query_safe("BEGIN; SELECT redis_wait_lock('owe:a', '1 h'); SAVEPOINT s; SELECT redis_wait_lock('owe:b', '1 h');");
+	$proxy->pause;    # from here on, what this backend sends is held in the network
+	# the ROLLBACK TO sends b's release without waiting: its answer is owed when the unlock comes
+	$x->query_safe("ROLLBACK TO s;");
+	$x->query("SELECT redis_unlock('owe:a');");
+	like($x->{stderr}, qr/did not answer/, 'redis_unlock fails behind an answer that does not come');
+	$x->query('ROLLBACK');
+	$proxy->resume;
+	$x->query("SELECT redis_try_lock('owe:next')");    # the next command runs what is still owed
+	ok(wait_until(sub { try_elsewhere('owe:a') eq 't' }, 3),
+		'the lock whose redis_unlock failed is free once its backend reaches Redis again');
+	$x->quit;
+	$proxy->stop;
+}
+
+# --- a redis_unlock error caught by an exception block: the transaction cannot commit --------------
+{
+	my $x = session();
+	$x->query_safe("SELECT redis_try_lock('catch:warm')");
+	$x->query_safe("BEGIN; SELECT redis_wait_lock('catch:k', '1 h');");
+	$redis->signal('STOP');
+	$x->query("DO \$\$ BEGIN PERFORM redis_unlock('catch:k'); EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'caught: %', SQLERRM; END \$\$;");
+	$redis->signal('CONT');
+	like($x->{stderr}, qr/NOTICE:  caught: .*did not answer/, 'the failed redis_unlock is caught');
+	$x->{stderr} = '';
+	$x->query("\\set VERBOSITY verbose\nCOMMIT;");
+	like($x->{stderr}, qr/ERROR:  40001: could not confirm redis lock "catch:k" before commit/,
+		'the commit fails: it cannot be shown that the lock was held until it was given up');
+	$x->quit;
+}
+
+# --- a release that meets BUSY (Redis running a long script) did not run: it runs again -------------
+{
+	my $x = session();
+	$x->query_safe("SELECT redis_try_lock('busy:warm')");
+	$x->query_safe("BEGIN; SELECT redis_wait_lock('busy:k', '1 h');");
+	$redis->cli('CONFIG', 'SET', 'busy-reply-threshold', '100');
+	my $pid = fork() // die;
+	if ($pid == 0)
+	{
+		# a script that keeps Redis busy for 2 s
+		exec('redis-cli', '-p', $redis->{port}, 'EVAL',
+			"local t = redis.call('TIME') local e = t[1] * 1000000 + t[2] + 2000000 "
+			  . "while true do t = redis.call('TIME') if t[1] * 1000000 + t[2] > e then break end end return 1", '0');
+	}
+	usleep(300_000);
+	$x->query('COMMIT');    # the release meets BUSY
+	waitpid($pid, 0);
+	$redis->cli('CONFIG', 'SET', 'busy-reply-threshold', '5000');
+	$x->{stderr} = '';
+	$x->query("SELECT redis_try_lock('busy:next')");
+	is(try_elsewhere('busy:k'), 't', 'a release answered BUSY runs again at the next command');
+	unlike($x->{stderr}, qr/could not release/, 'without a WARNING that it could not');
+	$x->quit;
+}
+
 # --- the scripts run on their own with redis-cli ----------------------------------------------------
 my $lua = "$ENV{TESTDIR}/lua";
 my $k = '{redislock:cli:k}';
