@@ -29,6 +29,16 @@
 #define KEEPER_TICK_MS 100
 #define KEEPER_BATCH 256
 
+/*
+ * The shortest lease the keeper can keep: a few of its rounds, and a renewal that takes all of
+ * command_timeout. Shorter ones are raised to it, when taken and when renewed.
+ */
+int
+keeper_min_lease_ms(void)
+{
+	return 3 * KEEPER_TICK_MS + redislock_command_timeout_ms;
+}
+
 void
 keeper_register(void)
 {
@@ -73,7 +83,7 @@ renew_batch(RenewalItem *items)
 		refs[i].key = items[i].key;
 		acquisitions[i] = items[i].acquisition;
 		tokens[i] = items[i].token;
-		keep[i] = items[i].ttl_ms;
+		keep[i] = Max(items[i].ttl_ms, keeper_min_lease_ms());
 	}
 	if (lockop_verify_many(n, refs, acquisitions, tokens, keep, kept, true, &err))
 	{

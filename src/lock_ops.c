@@ -22,7 +22,9 @@
 #include <unistd.h>
 
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "postmaster/postmaster.h"
+#include "storage/latch.h"
 #include "port.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -252,6 +254,7 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 	int64		not_granted_at = 0;
 	const char *mode = "wait";
 	AcquireResult res;
+	int			losses = 0;		/* connections lost in a row while waiting for a grant */
 
 	if (timeout_ms > 0)
 		deadline = redislock_monotonic_ms() + timeout_ms;
@@ -299,9 +302,21 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 				return res.token;
 			case GRANT_NOT_YET:
 				not_granted_at = sent;
+				losses = 0;
 				break;
 			case GRANT_CONNECTION_LOST:
-				/* not_granted_at stays: a grant may have come at any time since */
+				/*
+				 * not_granted_at stays: a grant may have come at any time since. Something that
+				 * keeps closing the connection must not make us reconnect back to back: from
+				 * the second loss in a row, pause (100 ms, doubling up to a heartbeat).
+				 */
+				if (++losses > 1)
+				{
+					(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+									 Min(100L << Min(losses - 2, 4), REDISLOCK_RECHECK_MS),
+									 PG_WAIT_EXTENSION);
+					ResetLatch(MyLatch);
+				}
 				break;
 		}
 		if (deadline != 0 && redislock_monotonic_ms() >= deadline)

@@ -48,6 +48,17 @@ lock_table_find(const char *key)
 	return hash_search(table(), key, HASH_FIND, NULL);
 }
 
+/* A session lock that no keeper would renew must not be taken: it would lapse under its holder. */
+static void
+session_lock_unrenewed(const char *key)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("session-level redis lock \"%s\" would not be renewed", key),
+			 errdetail("The lease keeper does not renew it: it was taken without the keeper, or on a Redis the keeper does not use."),
+			 errhint("Release it and take it again as a session lock, with the server-wide redislock.host, port, database and username.")));
+}
+
 /*
  * Enter a lock just taken by the lock call in flight, whose release ticket the table takes over from
  * release.c once the entry exists (until then an ERROR leaves the call to be undone), with its first
@@ -92,7 +103,8 @@ lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, b
 		lock_table_push_hold(lock);
 	PG_TRY();
 	{
-		registry_add(lock);
+		if (!registry_add(lock) && session)
+			session_lock_unrenewed(key);
 	}
 	PG_CATCH();
 	{
@@ -103,6 +115,22 @@ lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, b
 	}
 	PG_END_TRY();
 	return lock;
+}
+
+/*
+ * One more session hold of a lock held already. A lock the keeper does not renew (taken in lease
+ * mode: before a keeper ran, or on another Redis, which the lock table cannot tell apart) cannot
+ * become a session lock.
+ */
+void
+lock_table_push_session_hold(HeldLock *lock)
+{
+	int64		renewed_ms;
+	bool		lost;
+
+	if (!registry_lease(lock->key, &renewed_ms, &lost))
+		session_lock_unrenewed(lock->key);
+	lock->session_holds++;
 }
 
 LockRef

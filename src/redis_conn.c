@@ -22,6 +22,8 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -447,6 +449,15 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 	return true;
 }
 
+/* Whether host is an IPv4 or IPv6 address or a Unix socket path, which need no resolving. */
+static bool
+host_is_address(const char *host)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	return host[0] == '/' || inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
 /* Connect within redislock.connect_timeout; on failure the server stays disconnected. */
 static bool
 server_connect(RedisServer *server, bool interruptible, RedisError *err)
@@ -456,8 +467,23 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	int			sockerr = 0;
 	socklen_t	len = sizeof(sockerr);
 	MemoryContext oldcxt = CurrentMemoryContext;
+	HeldInterrupts held;
 
 	server_set_name(server);
+
+	/*
+	 * hiredis resolves a host name before its non-blocking connect, with no time bound; a commit or
+	 * abort callback (interrupts held, not interruptible) must not wait on a resolver. Such a call
+	 * leaves its work owed to the next interruptible one.
+	 */
+	if (!interruptible && !host_is_address(redislock_host))
+	{
+		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+				  "Set redislock.host to an address, which needs no resolving.",
+				  "could not connect to Redis at %s: not resolving a host name at the end of a transaction",
+				  server->name);
+		return false;
+	}
 	if (!AcquireExternalFD())
 	{
 		set_error(err, ERRCODE_INSUFFICIENT_RESOURCES, NULL,
@@ -494,6 +520,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	server->in_flight = true;
 	server->in_flight_replies = -1;
 	server->in_flight_blocking = false;
+	held = redislock_interrupts_held();
 	PG_TRY();
 	{
 		create_wait_set(server);
@@ -501,6 +528,8 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(oldcxt);
+		if (!interruptible)
+			redislock_interrupts_restore(held);
 		redis_disconnect(server);
 		if (interruptible)
 			PG_RE_THROW();

@@ -32,6 +32,7 @@
 #include <hiredis/hiredis.h>
 
 #include "datatype/timestamp.h"
+#include "miscadmin.h"
 #include "utils/timestamp.h"
 
 /* Longest lock key accepted, and longest redislock.key_prefix, in bytes. */
@@ -83,6 +84,34 @@ static inline TimestampTz
 redislock_wall_time_of(int64 monotonic_ms)
 {
 	return GetCurrentTimestamp() + (monotonic_ms * 1000 - redislock_monotonic_us());
+}
+
+/*
+ * Where an ERROR is caught and swallowed while interrupts are held (commit and abort callbacks,
+ * backend exit), errfinish has reset the hold counts before jumping: they are put back, or the
+ * caller's RESUME_INTERRUPTS would wrap them round and cancel would never work again.
+ */
+typedef struct HeldInterrupts
+{
+	uint32		interrupts;
+	uint32		cancel;
+	uint32		crit_section;
+} HeldInterrupts;
+
+static inline HeldInterrupts
+redislock_interrupts_held(void)
+{
+	HeldInterrupts h = {InterruptHoldoffCount, QueryCancelHoldoffCount, CritSectionCount};
+
+	return h;
+}
+
+static inline void
+redislock_interrupts_restore(HeldInterrupts h)
+{
+	InterruptHoldoffCount = h.interrupts;
+	QueryCancelHoldoffCount = h.cancel;
+	CritSectionCount = h.crit_section;
 }
 
 /* settings.c */
@@ -268,6 +297,7 @@ extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, int64 
 extern LockRef lock_table_ref(const HeldLock *lock);
 extern void lock_table_push_hold(HeldLock *lock);
 extern void lock_table_pop_hold(HeldLock *lock);
+extern void lock_table_push_session_hold(HeldLock *lock);
 extern ReleaseTicket *lock_table_remove(HeldLock *lock);
 extern int	lock_table_count(void);
 extern int	lock_table_collect(HeldLock ***locks);
@@ -292,7 +322,7 @@ extern bool registry_active(void);
 extern void registry_keeper_started(void);
 extern void registry_keeper_tick(void);
 extern void registry_drop_dead(void);
-extern void registry_add(const HeldLock *lock);
+extern bool registry_add(const HeldLock *lock);
 extern void registry_remove(const char *key);
 extern bool registry_lease(const char *key, int64 *renewed_ms, bool *lost);
 extern int	registry_collect_due(int64 now_ms, RenewalItem *items, int max);
@@ -300,6 +330,7 @@ extern void registry_record(const RenewalItem *item, bool kept, int64 renewed_ms
 
 /* keeper.c */
 extern void keeper_register(void);
+extern int	keeper_min_lease_ms(void);
 extern PGDLLEXPORT void redislock_keeper_main(Datum arg);
 
 /* xact.c */

@@ -185,9 +185,10 @@ make_tag(RegistryTag *tag, int pid, const char *key)
 /*
  * Enter a lock this backend now holds. ERROR when the registry is full (the abort releases it). A
  * keeper that is restarting (or briefly stuck) still gets the lock to renew: what counts is the Redis
- * the keeper renews on, not whether it runs at this instant.
+ * the keeper renews on, not whether it runs at this instant. Returns whether the lock was entered
+ * (false: no registry, or the keeper renews on another Redis: the lock lives for its lease).
  */
-void
+bool
 registry_add(const HeldLock *lock)
 {
 	RegistryTag tag;
@@ -195,7 +196,7 @@ registry_add(const HeldLock *lock)
 	bool		found;
 
 	if (!keeper_serves_session(false))
-		return;
+		return false;
 	make_tag(&tag, MyProcPid, lock->key);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	entry = hash_search(registry, &tag, HASH_ENTER_NULL, &found);
@@ -215,6 +216,7 @@ registry_add(const HeldLock *lock)
 				 errmsg("too many redis locks held on this server"),
 				 errdetail("The lease keeper tracks at most redislock.max_locks = %d locks.", redislock_max_locks),
 				 errhint("Release locks, or raise redislock.max_locks (a restart is needed).")));
+	return true;
 }
 
 void

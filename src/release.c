@@ -380,6 +380,7 @@ static bool
 run_unsent_quietly(RedisError *err)
 {
 	MemoryContext old = CurrentMemoryContext;
+	HeldInterrupts held = redislock_interrupts_held();
 	bool		ok = false;
 
 	PG_TRY();
@@ -389,6 +390,7 @@ run_unsent_quietly(RedisError *err)
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(old);
+		redislock_interrupts_restore(held);
 		FlushErrorState();
 		err->sqlstate = ERRCODE_OUT_OF_MEMORY;
 		snprintf(err->message, sizeof(err->message), "could not release redis locks: out of memory");

@@ -144,13 +144,16 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	if (lock != NULL)
 	{
 		if (session)
-			lock->session_holds++;
+			lock_table_push_session_hold(lock);
 		else
 			lock_table_push_hold(lock);
 		*token = lock->token;
 		return true;
 	}
 
+	/* the keeper cannot keep a lease shorter than a few of its rounds (the check is rare: tiny ttls) */
+	if (ttl_ms < keeper_min_lease_ms() && registry_active())
+		ttl_ms = keeper_min_lease_ms();
 	names_new_acquisition(acquisition, sizeof(acquisition));
 	ticket = release_ticket_make(&ref, acquisition, ttl_ms);
 	release_call_started(ticket);

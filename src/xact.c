@@ -94,20 +94,23 @@ forget_lost(HeldLock *lock)
 }
 
 /*
- * A session lock that is lost, or cannot be proven held: forget it, and fail this commit with 55000
- * (once: the session then goes on without it). why completes "It is lost: ...".
+ * Session locks that are lost, or cannot be proven held: forget them all, and fail this commit once
+ * with 55000 (the session then goes on without them). why completes "...: why".
  */
 static void
-fail_session_lock(HeldLock *lock, const char *why)
+fail_session_locks(int n, HeldLock **locks, const char *why)
 {
 	char		key[REDISLOCK_KEY_MAX + 1];
 
-	strlcpy(key, lock->key, sizeof(key));
-	forget_lost(lock);
+	strlcpy(key, locks[0]->key, sizeof(key));
+	for (int i = 0; i < n; i++)
+		forget_lost(locks[i]);
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("redis session lock \"%s\" was lost", key),
-			 errdetail("This session no longer holds it: %s.", why),
+			 n == 1 ?
+			 errmsg("redis session lock \"%s\" was lost", key) :
+			 errmsg("redis session lock \"%s\" and %d more were lost", key, n - 1),
+			 errdetail("This session no longer holds %s: %s.", n == 1 ? "it" : "them", why),
 			 errhint("Take the lock again if the session still needs it.")));
 }
 
@@ -166,6 +169,8 @@ verify_before_commit(void)
 	int		   *keeps;
 	uint64		epoch = 0;
 	bool		intact = false;
+	int			nlost = 0;
+	bool		in_xact = false;
 	RedisError	err;
 
 	if (has_lost && lost_unconfirmed)
@@ -182,29 +187,38 @@ verify_before_commit(void)
 	n = lock_table_collect(&locks);
 	if (n == 0)
 		return;
+
+	/* with the lease keeper: its renewals, and what it found lost (moved to the front) */
 	for (int i = 0; i < n; i++)
 	{
 		HeldLock   *lock = locks[i];
 		int64		renewed_ms;
 		bool		keeper_lost;
 
-		/* with the lease keeper: its renewals, and what it found lost */
 		if (!registry_lease(lock->key, &renewed_ms, &keeper_lost))
 			continue;
 		if (keeper_lost)
 		{
-			char		key[REDISLOCK_KEY_MAX + 1];
-
-			if (lock->nholds == 0)
-				fail_session_lock(lock, "the lease keeper found it gone from Redis, or held by another holder");
-			strlcpy(key, lock->key, sizeof(key));
-			forget_lost(lock);
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("redis lock \"%s\" was lost during this transaction", key),
-					 errdetail("The lease keeper found it gone from Redis or held by someone else.")));
+			locks[i] = locks[nlost];
+			locks[nlost++] = lock;
+			in_xact |= lock->nholds > 0;
 		}
-		lock->lease_start_ms = Max(lock->lease_start_ms, renewed_ms);
+		else
+			lock->lease_start_ms = Max(lock->lease_start_ms, renewed_ms);
+	}
+	if (nlost > 0)
+	{
+		char		key[REDISLOCK_KEY_MAX + 1];
+
+		if (!in_xact)
+			fail_session_locks(nlost, locks, "the lease keeper found it gone from Redis, or held by another holder");
+		strlcpy(key, locks[0]->key, sizeof(key));
+		for (int i = 0; i < nlost; i++)
+			forget_lost(locks[i]);
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("redis lock \"%s\" was lost during this transaction", key),
+				 errdetail("The lease keeper found it gone from Redis or held by someone else.")));
 	}
 
 	/*
@@ -254,13 +268,15 @@ verify_before_commit(void)
 								   err.message, err.detail[0] ? ": " : "", err.detail),
 						 errhint("Retry the transaction once Redis can be reached.")));
 		}
-		fail_session_lock(locks[0], "its lease ran out unrenewed, and it could not be checked in Redis");
+		fail_session_locks(nchecked, locks, "the lease ran out unrenewed, and could not be checked in Redis");
 	}
 	for (int i = 0; i < nchecked; i++)
 	{
 		if (!kept[i] && locks[i]->nholds == 0)
-			fail_session_lock(locks[i], "its lease ran out unrenewed, and Redis no longer has it for this session");
+			locks[nlost++] = locks[i];	/* (nlost is 0 here) */
 	}
+	if (nlost > 0)
+		fail_session_locks(nlost, locks, "the lease ran out unrenewed, and Redis no longer has it for this session");
 	for (int i = 0; i < nchecked; i++)
 	{
 		if (!kept[i])

@@ -18,6 +18,8 @@ end
 
 if mode == 'recheck' then
   if not redis.call('ZSCORE', queue_key, me) then
+    -- a grant whose lease ran out before we came back must not be popped by our next wait
+    redis.call('DEL', grant_key(me))
     return {2, 0}
   end
 elseif redis.call('EXISTS', tombstone_key(me)) == 1 then

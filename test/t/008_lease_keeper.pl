@@ -9,7 +9,7 @@ use warnings;
 use lib 'perl';
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time sleep usleep);
 use RedisLockTest;
 
 my $redis = start_redis();
@@ -177,6 +177,53 @@ like($err0, qr/need the redislock lease keeper/, 'and it cannot take session loc
 	$s->{stderr} = '';
 	is($s->query("SELECT count(*) FROM redis_locks"), '0', 'it is forgotten');
 	is($s->{stderr}, '', 'and the session works normally');
+	$s->quit;
+}
+
+# --- several lost session locks fail one commit, not one each ----------------------------------------
+{
+	my $s = $a->background_psql('postgres', on_error_stop => 0);
+	$s->query_safe("SELECT redis_session_lock('lost:m1', '1 s'), redis_session_lock('lost:m2', '1 s')");
+	$redis->cli('DEL', '{redislock:lost:m1}');
+	$redis->cli('DEL', '{redislock:lost:m2}');
+	sleep 1.5;
+	$s->query("SELECT 1;");
+	like($s->{stderr}, qr/ERROR:  redis session lock "lost:m[12]" and 1 more were lost/, 'two lost session locks fail one commit, naming both');
+	$s->{stderr} = '';
+	$s->query("SELECT 2;");
+	is($s->{stderr}, '', 'the next commit goes through');
+	$s->quit;
+}
+
+# --- a session hold is refused on a lock the keeper does not renew -------------------------------
+{
+	my $other = start_redis();
+	my $s = $a->background_psql('postgres', on_error_stop => 0);
+	$s->query_safe("BEGIN; SET LOCAL redislock.port = $other->{port}; SELECT redis_wait_lock('mix:k', '1 s');");
+	$s->query("RESET redislock.port; SELECT redis_session_lock('mix:k');");
+	like($s->{stderr}, qr/ERROR:  session-level redis lock "mix:k" would not be renewed/,
+		'a session hold on a lock taken on another Redis is refused');
+	$s->query('ROLLBACK');
+	$s->quit;
+	$other->stop;
+}
+
+# --- a lease shorter than the keeper's rounds is still kept ------------------------------------------
+{
+	my $s = $a->background_psql('postgres', on_error_stop => 0);
+	$s->query_safe("SELECT redis_session_lock('keep:tiny', '50 ms')");
+	# ask Redis itself, every 20 ms for 2 s, whether the lease is still running
+	my $alive = q{local t = redis.call("TIME") local e = tonumber(redis.call("HGET", KEYS[1], "expires")) or 0 }
+	  . q{if e > t[1] * 1000 + math.floor(t[2] / 1000) then return 1 end return 0};
+	my $lapses = 0;
+	for (1 .. 100)
+	{
+		$lapses++ if $redis->cli('EVAL', $alive, '1', '{redislock:keep:tiny}') ne '1';
+		usleep(20_000);
+	}
+	is($lapses, 0, 'a 50 ms session lease is kept for 2 s: Redis never saw it run out');
+	$s->query('SELECT 1');
+	is($s->{stderr}, '', 'and the session commits');
 	$s->quit;
 }
 
