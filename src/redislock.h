@@ -19,8 +19,8 @@
  *	keeper.c		the lease keeper, a background worker that renews the registry's leases (keeper_*)
  *
  * Calls go one way, with no cycle between files: sql_api → xact → lock_ops → release → scripts,
- * names → redis_conn; sql_api and xact also call lock_table (→ registry) and release directly;
- * keeper → registry, lock_ops.
+ * names → redis_conn; sql_api and xact also call lock_table (→ registry, release) and release
+ * directly; keeper → registry, lock_ops.
  */
 #ifndef REDISLOCK_H
 #define REDISLOCK_H

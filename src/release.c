@@ -307,42 +307,37 @@ drop_forgotten(void)
 }
 
 /*
- * Run every owed release that is not on the wire, in one round trip (EVALSHA, EVAL on NOSCRIPT).
- * Returns false with err set when Redis could not be asked; they stay owed. Allocates, and throws when
- * interruptible; callers in commit and abort callbacks go through run_unsent_quietly.
+ * Run the owed releases owed[idx[0..n-1]] (idx ascending) in one round trip (EVALSHA, EVAL on
+ * NOSCRIPT), judge each answer, and drop those settled. With owned (release_now), owned[k] is 1 or 0
+ * for an answer that says whether the acquisition still owned its lock, and an error reply makes the
+ * result false with err saying what Redis answered. Returns false with err set when Redis could not
+ * be asked; the releases stay owed. Allocates, and throws when interruptible.
  */
 static bool
-run_unsent(bool interruptible, RedisError *err)
+run_owed(int n, const int *idx, bool interruptible, int *owned, RedisError *err)
 {
-	RedisCommand *cmds = palloc(nowed * sizeof(RedisCommand));
-	LockKeys   *keys = palloc(nowed * sizeof(LockKeys));
-	int		   *idx = palloc(nowed * sizeof(int));
-	RedisScriptId *ids = palloc(nowed * sizeof(RedisScriptId));
-	redisReply **replies = palloc0(nowed * sizeof(redisReply *));
+	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
+	LockKeys   *keys = palloc(n * sizeof(LockKeys));
+	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
+	redisReply **replies = palloc0(n * sizeof(redisReply *));
+	bool	   *settled = palloc(n * sizeof(bool));
 	RedisServer *server = release_server();
-	int			n = 0;
 	bool		ok;
 
-	for (int i = 0; i < nowed; i++)
+	for (int k = 0; k < n; k++)
 	{
-		LockRef		ref;
-		const char *args[1];
+		ReleaseTicket *t = owed[idx[k]];
+		LockRef		ref = {t->prefix, t->key};
+		const char *args[1] = {t->acquisition};
 
-		if (owed_state[i].sent)
-			continue;
-		ref.prefix = owed[i]->prefix;
-		ref.key = owed[i]->key;
-		args[0] = owed[i]->acquisition;
-		names_lock_keys(&ref, &keys[n]);
-		script_command(&cmds[n], SCRIPT_RELEASE, &keys[n], 1, args);
-		ids[n] = SCRIPT_RELEASE;
-		/* should a cancel cut the round trip short, they may have run */
-		owed_state[i].ran_before = owed_state[i].maybe_ran;
-		owed_state[i].maybe_ran = true;
-		idx[n++] = i;
+		names_lock_keys(&ref, &keys[k]);
+		script_command(&cmds[k], SCRIPT_RELEASE, &keys[k], 1, args);
+		ids[k] = SCRIPT_RELEASE;
+		/* should a cancel cut the round trip short, it may have run */
+		owed_state[idx[k]].ran_before = owed_state[idx[k]].maybe_ran;
+		owed_state[idx[k]].maybe_ran = true;
 	}
-	ok = n == 0 || script_run(server, n, cmds, ids, replies, redislock_command_timeout_ms,
-							  interruptible, err);
+	ok = script_run(server, n, cmds, ids, replies, redislock_command_timeout_ms, interruptible, err);
 	for (int k = 0; k < n; k++)
 	{
 		if (ok || !err->sent)
@@ -350,25 +345,50 @@ run_unsent(bool interruptible, RedisError *err)
 	}
 	if (ok)
 	{
-		bool	   *settled = palloc(n * sizeof(bool));
-
 		for (int k = 0; k < n; k++)
-			settled[k] = judge(idx[k], replies[k], NULL);
+		{
+			settled[k] = judge(idx[k], replies[k], owned ? &owned[k] : NULL);
+			if (owned && owned[k] < 0 && ok)
+			{
+				if (replies[k]->type == REDIS_REPLY_ERROR)
+					redis_error_from_reply(server, replies[k], err);
+				else
+					redis_error_malformed(server, "a release answered with an unexpected shape", err);
+				ok = false;
+			}
+		}
 		redis_free_replies(n, replies);
 		for (int k = n - 1; k >= 0; k--)
 		{
 			if (settled[k])
 				owed_remove(idx[k]);
 		}
-		pfree(settled);
 	}
 	for (int k = 0; k < n; k++)
 		names_lock_keys_free(&keys[k]);
+	pfree(settled);
 	pfree(replies);
 	pfree(ids);
-	pfree(idx);
 	pfree(keys);
 	pfree(cmds);
+	return ok;
+}
+
+/* Run every owed release that is not on the wire (see run_owed). */
+static bool
+run_unsent(bool interruptible, RedisError *err)
+{
+	int		   *idx = palloc(Max(nowed, 1) * sizeof(int));
+	int			n = 0;
+	bool		ok;
+
+	for (int i = 0; i < nowed; i++)
+	{
+		if (!owed_state[i].sent)
+			idx[n++] = i;
+	}
+	ok = n == 0 || run_owed(n, idx, interruptible, NULL, err);
+	pfree(idx);
 	return ok;
 }
 
@@ -508,11 +528,7 @@ release_at_xact_end(bool wait)
 bool
 release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
 {
-	RedisCommand *cmds;
-	LockKeys   *keys;
-	RedisScriptId *ids;
-	redisReply **replies;
-	int			first;
+	int		   *idx = palloc(n * sizeof(int));
 	bool		ok;
 
 	PG_TRY();
@@ -529,57 +545,12 @@ release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
 	PG_END_TRY();
 
 	/* owed while the round trip is under way: a cancel leaves them to run again */
-	first = nowed;
 	for (int i = 0; i < n; i++)
 	{
+		idx[i] = nowed;
 		release_enqueue(tickets[i], false);
-		owed_state[nowed - 1].maybe_ran = true;
 	}
-	cmds = palloc(n * sizeof(RedisCommand));
-	keys = palloc(n * sizeof(LockKeys));
-	ids = palloc(n * sizeof(RedisScriptId));
-	replies = palloc0(n * sizeof(redisReply *));
-	for (int i = 0; i < n; i++)
-	{
-		LockRef		ref = {tickets[i]->prefix, tickets[i]->key};
-		const char *args[1] = {tickets[i]->acquisition};
-
-		names_lock_keys(&ref, &keys[i]);
-		script_command(&cmds[i], SCRIPT_RELEASE, &keys[i], 1, args);
-		ids[i] = SCRIPT_RELEASE;
-	}
-	ok = script_run(release_server(), n, cmds, ids, replies, redislock_command_timeout_ms, true, err);
-	if (ok)
-	{
-		bool	   *settled = palloc(n * sizeof(bool));
-
-		for (int i = 0; i < n; i++)
-		{
-			owed_state[first + i].maybe_ran = false;	/* this is the answer of its one run */
-			settled[i] = judge(first + i, replies[i], &owned[i]);
-			if (owned[i] < 0 && ok)
-			{
-				/* an error reply: the caller says so */
-				if (replies[i]->type == REDIS_REPLY_ERROR)
-					redis_error_from_reply(release_server(), replies[i], err);
-				else
-					redis_error_malformed(release_server(), "a release answered with an unexpected shape", err);
-				ok = false;
-			}
-		}
-		redis_free_replies(n, replies);
-		for (int i = n - 1; i >= 0; i--)
-		{
-			if (settled[i])
-				owed_remove(first + i);
-		}
-		pfree(settled);
-	}
-	for (int i = 0; i < n; i++)
-		names_lock_keys_free(&keys[i]);
-	pfree(replies);
-	pfree(ids);
-	pfree(keys);
-	pfree(cmds);
+	ok = run_owed(n, idx, true, owned, err);
+	pfree(idx);
 	return ok;
 }
