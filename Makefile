@@ -1,4 +1,5 @@
-# redislock: PGXS build, plus the project's own targets:
+# redislock: PGXS build (make, make install, make installcheck), plus the project's own targets:
+#   make deps    install the Debian packages the project needs (as root)
 #   make demo    set up a throwaway PostgreSQL and Redis and run the concert-booking demo
 #   make test    set up the same and run every suite (regress, isolation, TAP); ends "N passed, N failed"
 #   make bench   benchmark against pg_advisory_xact_lock (see bench/)
@@ -9,10 +10,15 @@ OBJS = src/redislock.o src/settings.o src/redis_conn.o src/names.o src/scripts.o
        src/release.o \
        src/registry.o src/keeper.o \
        src/lock_table.o src/xact.o src/sql_api.o
-DATA = sql/redislock--1.0.sql
+DATA = sql/redislock--1.0.sql sql/redislock--1.0--1.1.sql sql/redislock--1.1.sql
+# make installcheck: the regression and isolation suites against a running server whose redislock.host
+# and redislock.port name a Redis (see README, Tests and development)
+REGRESS = api input settings upgrade
+ISOLATION = setup fifo release lease timeout
+ISOLATION_OPTS = --inputdir=test/isolation
 PGFILEDESC = "redislock - distributed locks held in Redis"
 
-LUA_SCRIPTS = acquire release verify info
+LUA_SCRIPTS = acquire release verify info force
 SHLIB_LINK += -lhiredis
 PG_CPPFLAGS += -I$(srcdir)/src
 EXTRA_CLEAN = src/scripts_generated.h src/lua/out
@@ -28,16 +34,18 @@ all install:
 	@echo "PGXS not found: apt-get install postgresql-server-dev-15 libhiredis-dev, or run make test" >&2; exit 1
 endif
 
-src/scripts.o: src/scripts_generated.h
+src/scripts.o src/scripts.bc: src/scripts_generated.h
 src/scripts_generated.h: src/lua/embed.sh src/lua/common.lua $(addprefix src/lua/,$(addsuffix .lua,$(LUA_SCRIPTS)))
 	sh src/lua/embed.sh $@ src/lua $(LUA_SCRIPTS)
 
 $(OBJS): src/redislock.h
 
-.PHONY: demo test bench
-demo:
+.PHONY: deps demo test bench
+deps:
+	bash -c 'source test/lib.sh && rl_install_packages'
+demo: deps
 	bash test/demo.sh
-test:
+test: deps
 	bash test/run.sh
-bench:
+bench: deps
 	bash bench/run.sh

@@ -312,9 +312,12 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 				 */
 				if (++losses > 1)
 				{
+					long		pause = Min(100L << Min(losses - 2, 4), REDISLOCK_RECHECK_MS);
+
+					if (deadline != 0)
+						pause = Min(pause, Max(deadline - redislock_monotonic_ms(), 0));
 					(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-									 Min(100L << Min(losses - 2, 4), REDISLOCK_RECHECK_MS),
-									 PG_WAIT_EXTENSION);
+									 pause, PG_WAIT_EXTENSION);
 					ResetLatch(MyLatch);
 				}
 				break;
@@ -360,6 +363,25 @@ lockop_verify_many(int n, const LockRef *refs, const char *const *acquisitions, 
 	pfree(keep_text);
 	pfree(cmds);
 	return ok;
+}
+
+/* Break the lock, whoever holds it; whether a live holder lost it. Throws on failure. */
+bool
+lockop_force(const LockRef *ref)
+{
+	LockKeys	keys;
+	RedisCommand cmd;
+	int			broke;
+	RedisError	err;
+	bool		ok;
+
+	names_lock_keys(ref, &keys);
+	script_command(&cmd, SCRIPT_FORCE, &keys, 0, NULL);
+	ok = script_run_yes_no(server_for_call(true), 1, SCRIPT_FORCE, &cmd, &broke, true, &err);
+	names_lock_keys_free(&keys);
+	if (!ok)
+		redis_raise(&err);
+	return broke == 1;
 }
 
 /* What Redis knows of a lock now. Throws on failure. */

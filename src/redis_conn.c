@@ -697,7 +697,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 
 	/*
 	 * Replies owed to redis_send_unanswered come first on the stream. Their sender reads them before
-	 * its next round trip (deferred_release.c); should anyone else get here first, they are dropped
+	 * its next round trip (release.c); should anyone else get here first, they are dropped
 	 * rather than misread as this round trip's (the commands ran all the same).
 	 */
 	if (server->unanswered > 0 && !server->in_flight)

@@ -8,7 +8,7 @@
  *	redis_conn.c	Redis connections and their interruptible, time-bounded I/O (redis_*)
  *	names.c			every name redislock uses in Redis: the keys of a lock, the ids of its holders (names_*)
  *	scripts.c		the Lua scripts (embedded at build time), EVALSHA with NOSCRIPT fallback (script_*)
- *	lock_ops.c		taking a lock in Redis: try, wait in the FIFO queue; verify; inspect (lockop_*)
+ *	lock_ops.c		taking a lock in Redis: try, wait in the FIFO queue; verify; inspect; force (lockop_*)
  *	release.c		every release: at transaction end without waiting, now, the undo of a call cut
  *					short, and releases whose outcome is still unknown (release_*)
  *	lock_table.c	this backend's held locks, their hold counts and subtransaction levels (lock_table_*)
@@ -87,8 +87,8 @@ redislock_wall_time_of(int64 monotonic_ms)
 }
 
 /*
- * Where an ERROR is caught and swallowed while interrupts are held (commit and abort callbacks,
- * backend exit), errfinish has reset the hold counts before jumping: they are put back, or the
+ * Where an ERROR is caught and swallowed while interrupts are held (commit and abort callbacks),
+ * errfinish has reset the hold counts before jumping: they are put back, or the
  * caller's RESUME_INTERRUPTS would wrap them round and cancel would never work again.
  */
 typedef struct HeldInterrupts
@@ -210,7 +210,8 @@ typedef enum RedisScriptId
 	SCRIPT_ACQUIRE,
 	SCRIPT_RELEASE,
 	SCRIPT_VERIFY,
-	SCRIPT_INFO
+	SCRIPT_INFO,
+	SCRIPT_FORCE
 } RedisScriptId;
 
 extern void script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
@@ -272,6 +273,7 @@ extern bool lockop_verify_many(int n, const LockRef *refs, const char *const *ac
 							   const int64 *tokens, const int *keep_ms, int *kept,
 							   bool interruptible, RedisError *err);
 extern void lockop_info(const LockRef *ref, LockInfo *info);
+extern bool lockop_force(const LockRef *ref);
 
 /* lock_table.c */
 typedef struct HeldLock
@@ -319,12 +321,14 @@ typedef struct RenewalItem
 extern int	redislock_max_locks;
 extern void registry_install_hooks(void);
 extern bool registry_active(void);
+extern bool registry_tracks_session(void);
 extern void registry_keeper_started(void);
 extern void registry_keeper_tick(void);
 extern void registry_drop_dead(void);
 extern bool registry_add(const HeldLock *lock);
 extern void registry_remove(const char *key);
 extern bool registry_lease(const char *key, int64 *renewed_ms, bool *lost);
+extern void registry_extend(const char *key, int ttl_ms, int64 renewed_ms);
 extern int	registry_collect_due(int64 now_ms, RenewalItem *items, int max);
 extern void registry_record(const RenewalItem *item, bool kept, int64 renewed_ms);
 

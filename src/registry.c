@@ -165,6 +165,16 @@ keeper_serves_session(bool running)
 }
 
 /*
+ * Whether a lock taken now would be entered for the keeper to renew (registry_add): the keeper renews
+ * on this session's Redis, running at this instant or not.
+ */
+bool
+registry_tracks_session(void)
+{
+	return keeper_serves_session(false);
+}
+
+/*
  * Whether the lease keeper keeps this session's leases alive: redislock was preloaded, a keeper runs
  * (on a standby too), and the session's settings name the Redis it renews on.
  */
@@ -229,6 +239,26 @@ registry_remove(const char *key)
 	make_tag(&tag, MyProcPid, key);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	hash_search(registry, &tag, HASH_REMOVE, NULL);
+	LWLockRelease(registry_lock);
+}
+
+/* redis_extend_lock: the keeper renews key for ttl_ms from now on; renewed at renewed_ms. */
+void
+registry_extend(const char *key, int ttl_ms, int64 renewed_ms)
+{
+	RegistryTag tag;
+	RegistryEntry *entry;
+
+	if (registry == NULL)
+		return;
+	make_tag(&tag, MyProcPid, key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		entry->ttl_ms = ttl_ms;
+		entry->renewed_ms = Max(entry->renewed_ms, renewed_ms);
+	}
 	LWLockRelease(registry_lock);
 }
 

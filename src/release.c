@@ -333,6 +333,9 @@ run_owed(int n, const int *idx, bool interruptible, int *owned, RedisError *err)
 		names_lock_keys(&ref, &keys[k]);
 		script_command(&cmds[k], SCRIPT_RELEASE, &keys[k], 1, args);
 		ids[k] = SCRIPT_RELEASE;
+	}
+	for (int k = 0; k < n; k++)
+	{
 		/* should a cancel cut the round trip short, it may have run */
 		owed_state[idx[k]].ran_before = owed_state[idx[k]].maybe_ran;
 		owed_state[idx[k]].maybe_ran = true;
@@ -528,7 +531,8 @@ release_at_xact_end(bool wait)
 bool
 release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
 {
-	int		   *idx = palloc(n * sizeof(int));
+	int		   *idx;
+	int			first;
 	bool		ok;
 
 	PG_TRY();
@@ -544,12 +548,13 @@ release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err)
 	}
 	PG_END_TRY();
 
-	/* owed while the round trip is under way: a cancel leaves them to run again */
+	/* owed (before anything can fail) while the round trip is under way: a cancel leaves them to run */
+	first = nowed;
 	for (int i = 0; i < n; i++)
-	{
-		idx[i] = nowed;
 		release_enqueue(tickets[i], false);
-	}
+	idx = palloc(n * sizeof(int));
+	for (int i = 0; i < n; i++)
+		idx[i] = first + i;
 	ok = run_owed(n, idx, true, owned, err);
 	pfree(idx);
 	return ok;

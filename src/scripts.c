@@ -26,6 +26,7 @@ static const ScriptDef scripts[] = {
 	[SCRIPT_RELEASE] = {SCRIPT_RELEASE_SHA1, SCRIPT_RELEASE_TEXT, sizeof(SCRIPT_RELEASE_TEXT) - 1},
 	[SCRIPT_VERIFY] = {SCRIPT_VERIFY_SHA1, SCRIPT_VERIFY_TEXT, sizeof(SCRIPT_VERIFY_TEXT) - 1},
 	[SCRIPT_INFO] = {SCRIPT_INFO_SHA1, SCRIPT_INFO_TEXT, sizeof(SCRIPT_INFO_TEXT) - 1},
+	[SCRIPT_FORCE] = {SCRIPT_FORCE_SHA1, SCRIPT_FORCE_TEXT, sizeof(SCRIPT_FORCE_TEXT) - 1},
 };
 
 /* EVALSHA <sha1> 3 <lock> <queue> <waiters> <args...> */
@@ -157,6 +158,9 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 							 interruptible && nmissing == ncmds, err))
 		{
 			redis_free_replies(ncmds, replies);
+			/* the first round reached Redis, and some of it ran */
+			if (nmissing < ncmds)
+				err->sent = true;
 			return false;
 		}
 		for (int i = 0; i < ncmds; i++)

@@ -26,6 +26,8 @@ PG_FUNCTION_INFO_V1(redis_lock_info);
 PG_FUNCTION_INFO_V1(redis_session_lock);
 PG_FUNCTION_INFO_V1(redis_try_session_lock);
 PG_FUNCTION_INFO_V1(redis_lock_mode);
+PG_FUNCTION_INFO_V1(redis_extend_lock);
+PG_FUNCTION_INFO_V1(redis_force_unlock);
 
 /* The key argument as a C string, checked. */
 static char *
@@ -152,7 +154,7 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	}
 
 	/* the keeper cannot keep a lease shorter than a few of its rounds (the check is rare: tiny ttls) */
-	if (ttl_ms < keeper_min_lease_ms() && registry_active())
+	if (ttl_ms < keeper_min_lease_ms() && registry_tracks_session())
 		ttl_ms = keeper_min_lease_ms();
 	names_new_acquisition(acquisition, sizeof(acquisition));
 	ticket = release_ticket_make(&ref, acquisition, ttl_ms);
@@ -333,4 +335,89 @@ redis_lock_info(PG_FUNCTION_ARGS)
 		nulls[1] = nulls[2] = nulls[3] = true;
 	values[4] = Int32GetDatum((int32) Min(info.waiters, PG_INT32_MAX));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/* A lock this backend holds under the current key prefix, or NULL with a WARNING, as redis_unlock. */
+static HeldLock *
+held_lock_or_warn(const char *key)
+{
+	HeldLock   *lock = lock_table_find(key);
+
+	if (lock == NULL || strcmp(lock->prefix, redislock_key_prefix) != 0)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("you don't own a redis lock on key \"%s\"", key)));
+		return NULL;
+	}
+	return lock;
+}
+
+/*
+ * redis_extend_lock(key, ttl): keep this backend's lock for at least ttl from now (one round trip);
+ * false when it was lost (a transaction hold then cannot commit). The keeper, if it renews the lock,
+ * renews it for ttl from then on.
+ */
+Datum
+redis_extend_lock(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	int			ttl_ms = ttl_arg(fcinfo, 1);
+	HeldLock   *lock = held_lock_or_warn(key);
+	LockRef		ref;
+	const char *acquisition;
+	int			kept;
+	int64		sent;
+	RedisError	err;
+
+	if (lock == NULL || xact_forget_if_lost(lock))
+		PG_RETURN_BOOL(false);
+	if (ttl_ms < keeper_min_lease_ms() && registry_tracks_session())
+		ttl_ms = keeper_min_lease_ms();
+	ref = lock_table_ref(lock);
+	acquisition = lock->acquisition;
+	sent = redislock_monotonic_ms();
+	if (!lockop_verify_many(1, &ref, &acquisition, &lock->token, &ttl_ms, &kept, true, &err))
+		redis_raise(&err);
+	if (!kept)
+	{
+		if (lock->nholds > 0)
+			xact_note_lost(key);
+		ereport(WARNING,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("redis lock \"%s\" was lost before it could be extended", key),
+				 errdetail("Its lease had run out and another holder had taken it, or Redis had forgotten it."),
+				 lock->nholds > 0 ? errhint("This transaction cannot commit.") : 0));
+		if (lock->nholds == 0)
+			release_enqueue(lock_table_remove(lock), false);
+		PG_RETURN_BOOL(false);
+	}
+	lock->ttl_ms = ttl_ms;
+	lock->lease_start_ms = sent;
+	registry_extend(key, ttl_ms, sent);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * redis_force_unlock(key): break the lock whoever holds it, on any server. Superuser only by default
+ * (the install script revokes it from PUBLIC). A lock of this backend's own that is broken is
+ * forgotten here too, and a transaction that held it cannot commit.
+ */
+Datum
+redis_force_unlock(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	LockRef		ref = {redislock_key_prefix, key};
+	HeldLock   *own = lock_table_find(key);
+	bool		broke;
+
+	xact_init();
+	broke = lockop_force(&ref);
+	if (own != NULL && strcmp(own->prefix, redislock_key_prefix) == 0)
+	{
+		if (own->nholds > 0)
+			xact_note_lost(key);
+		release_enqueue(lock_table_remove(own), false);
+	}
+	PG_RETURN_BOOL(broke);
 }

@@ -272,19 +272,23 @@ verify_before_commit(void)
 	}
 	for (int i = 0; i < nchecked; i++)
 	{
-		if (!kept[i] && locks[i]->nholds == 0)
-			locks[nlost++] = locks[i];	/* (nlost is 0 here) */
-	}
-	if (nlost > 0)
-		fail_session_locks(nlost, locks, "the lease ran out unrenewed, and Redis no longer has it for this session");
-	for (int i = 0; i < nchecked; i++)
-	{
-		if (!kept[i])
+		/* a lost transaction lock comes first: 40001, which tells a client to retry */
+		if (!kept[i] && locks[i]->nholds > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("redis lock \"%s\" was lost during this transaction", refs[i].key),
 					 errdetail("Its lease of %d ms ran out, or Redis forgot it, and it cannot be shown that nobody else took it before the transaction ended.",
 							   locks[i]->ttl_ms)));
+	}
+	for (int i = 0; i < nchecked; i++)
+	{
+		if (!kept[i])
+			locks[nlost++] = locks[i];	/* (nlost is 0 here; all session-only) */
+	}
+	if (nlost > 0)
+		fail_session_locks(nlost, locks, "the lease ran out unrenewed, and Redis no longer has it for this session");
+	for (int i = 0; i < nchecked; i++)
+	{
 		locks[i]->lease_start_ms = now;
 		locks[i]->connection_epoch = redis_connection_epoch(redis_primary_server());
 	}

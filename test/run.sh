@@ -26,7 +26,7 @@ count_pg_regress() {   # tally "test name ... ok|FAILED" lines of a pg_regress l
 if [[ $suites == *" regress "* ]]; then
 rl_log "pg_regress"
 "$PGXS_TEST/regress/pg_regress" --inputdir=. --outputdir="$RL_TMP/regress" --bindir="$PG_BIN" \
-  --dbname=contrib_regression api input settings 2>&1 | tee "$RL_TMP/regress.log"
+  --dbname=contrib_regression api input settings upgrade 2>&1 | tee "$RL_TMP/regress.log"
 count_pg_regress "$RL_TMP/regress.log"
 [ -f "$RL_TMP/regress/regression.diffs" ] && cat "$RL_TMP/regress/regression.diffs"
 fi
@@ -43,7 +43,7 @@ fi
 if [[ $suites == *" tap "* ]]; then
 rl_log "TAP"
 tap=$RL_TMP/tap
-mkdir -p "$tap" && cp -r test/t test/perl test/scenarios README.md "$tap/" && cp -r src/lua/out "$tap/lua"
+mkdir -p "$tap" && cp -r test/t test/perl test/scenarios README.md META.json redislock.control "$tap/" && cp -r src/lua/out "$tap/lua"
 [ "$(id -u)" -eq 0 ] && chown -R postgres "$tap"
 (cd "$tap" && rl_as_pg env PATH="$PG_BIN:$PATH" PG_REGRESS="$PGXS_TEST/regress/pg_regress" \
   PERL5LIB="/usr/lib/postgresql/15/lib/pgxs/src/test/perl:$tap/perl" TESTDIR="$tap" \

@@ -269,6 +269,27 @@ for my $verify ('off', 'on')
 	$x->quit;
 }
 
+# --- 1.1: redis_force_unlock breaks a lock held on another cluster; redis_extend_lock keeps one ----
+{
+	my $other = new_node('other', $redis, "redislock.verify_at_commit = on\n");
+	my $h = $other->background_psql('postgres', on_error_stop => 0);
+	my $t1 = $h->query_safe("BEGIN; SELECT redis_wait_lock('force:k', '1 h');");
+	is($node->safe_psql('postgres', "SELECT redis_force_unlock('force:k')"), 't',
+		'redis_force_unlock breaks a lock held on another cluster');
+	my $t2 = $node->safe_psql('postgres', "SELECT redis_wait_lock('force:k')");
+	cmp_ok($t2, '>', $t1, 'the next acquisition gets a greater token');
+	$h->query("\\set VERBOSITY sqlstate\nCOMMIT;");
+	like($h->{stderr}, qr/ERROR:  40001/, 'the old holder cannot commit once its server checks');
+	$h->{stderr} = '';
+	$h->query_safe("BEGIN; SELECT redis_wait_lock('extend:k', '1 s'); SELECT redis_extend_lock('extend:k', '20 s');");
+	sleep 2;
+	is(try_elsewhere('extend:k'), 'f', 'a 1 s lock extended to 20 s still excludes after 2 s');
+	$h->query('COMMIT');
+	is($h->{stderr}, '', 'and its holder commits');
+	$h->quit;
+	$other->stop;
+}
+
 # --- the scripts run on their own with redis-cli ----------------------------------------------------
 my $lua = "$ENV{TESTDIR}/lua";
 my $k = '{redislock:cli:k}';

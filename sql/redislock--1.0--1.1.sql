@@ -1,0 +1,18 @@
+/* redislock--1.0--1.1.sql: what version 1.1 adds to 1.0. */
+
+\echo Use "ALTER EXTENSION redislock UPDATE TO '1.1'" to load this file. \quit
+
+CREATE FUNCTION redis_extend_lock(key text, ttl interval)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_extend_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_extend_lock(text, interval) IS
+'keep a Redis lock this backend holds for at least ttl from now; false when it was lost';
+
+CREATE FUNCTION redis_force_unlock(key text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_force_unlock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_force_unlock(text) IS
+'break a Redis lock whoever holds it, on any server; true when a live holder lost it';
+REVOKE ALL ON FUNCTION redis_force_unlock(text) FROM PUBLIC;

@@ -1,0 +1,101 @@
+/* redislock--1.1.sql: distributed, transaction-scoped locks held in Redis (a fresh install of 1.1). */
+
+\echo Use "CREATE EXTENSION redislock" to load this file. \quit
+
+CREATE FUNCTION redis_wait_lock(key text, ttl interval DEFAULT NULL, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'redis_wait_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_wait_lock(text, interval, interval) IS
+'wait first come, first served for a Redis lock held until the transaction ends; returns its fencing token';
+
+CREATE FUNCTION redis_try_lock(key text, ttl interval DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_try_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_try_lock(text, interval) IS
+'take a Redis lock only if it is free and nobody waits for it; never waits';
+
+CREATE FUNCTION redis_unlock(key text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_unlock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_unlock(text) IS
+'release one hold of a Redis lock now';
+
+CREATE FUNCTION redis_unlock_all()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'redis_unlock_all'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_unlock_all() IS
+'release every Redis lock this backend holds; returns how many keys';
+
+CREATE FUNCTION redis_fencing_token(key text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'redis_fencing_token'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_fencing_token(text) IS
+'fencing token of a Redis lock this backend holds, or NULL';
+
+CREATE FUNCTION redis_locks(
+    OUT key text,
+    OUT hold_count integer,
+    OUT fencing_token bigint,
+    OUT acquired_at timestamptz,
+    OUT expires_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'redis_locks'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_locks() IS
+'the Redis locks this backend holds';
+
+CREATE VIEW redis_locks AS SELECT * FROM redis_locks();
+
+CREATE FUNCTION redis_lock_info(
+    key text,
+    OUT held boolean,
+    OUT holder text,
+    OUT fencing_token bigint,
+    OUT ttl interval,
+    OUT waiters integer)
+RETURNS record
+AS 'MODULE_PATHNAME', 'redis_lock_info'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_lock_info(text) IS
+'what Redis knows of a lock now, whoever holds it';
+
+CREATE FUNCTION redis_session_lock(key text, ttl interval DEFAULT NULL, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'redis_session_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_session_lock(text, interval, interval) IS
+'wait for a Redis lock held until redis_unlock, DISCARD ALL or session end (needs the lease keeper)';
+
+CREATE FUNCTION redis_try_session_lock(key text, ttl interval DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_try_session_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_try_session_lock(text, interval) IS
+'take a session-level Redis lock only if it is free and nobody waits for it (needs the lease keeper)';
+
+CREATE FUNCTION redis_lock_mode()
+RETURNS text
+AS 'MODULE_PATHNAME', 'redis_lock_mode'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION redis_lock_mode() IS
+'keeper when the lease keeper renews leases (shared_preload_libraries), lease when a lock lives for its ttl';
+
+CREATE FUNCTION redis_extend_lock(key text, ttl interval)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_extend_lock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_extend_lock(text, interval) IS
+'keep a Redis lock this backend holds for at least ttl from now; false when it was lost';
+
+CREATE FUNCTION redis_force_unlock(key text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'redis_force_unlock'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_force_unlock(text) IS
+'break a Redis lock whoever holds it, on any server; true when a live holder lost it';
+REVOKE ALL ON FUNCTION redis_force_unlock(text) FROM PUBLIC;
