@@ -99,3 +99,27 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION redis_force_unlock(text) IS
 'break a Redis lock whoever holds it, on any server; true when a live holder lost it';
 REVOKE ALL ON FUNCTION redis_force_unlock(text) FROM PUBLIC;
+
+CREATE FUNCTION redis_lock_activity(
+    OUT pid integer,
+    OUT key text,
+    OUT mode text,
+    OUT scope text,
+    OUT granted boolean,
+    OUT fencing_token bigint,
+    OUT since timestamptz,
+    OUT expires_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'redis_lock_activity'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_lock_activity() IS
+'every Redis lock held or awaited by a backend of this server (needs the lease keeper)';
+
+CREATE VIEW redis_lock_activity AS SELECT * FROM redis_lock_activity();
+
+CREATE FUNCTION redis_blocking_pids(pid integer)
+RETURNS integer[]
+AS 'MODULE_PATHNAME', 'redis_blocking_pids'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_blocking_pids(integer) IS
+'the backends of this server holding the Redis lock that pid waits for (needs the lease keeper)';

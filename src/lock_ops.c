@@ -242,6 +242,54 @@ give_up_wait(const LockRef *ref, int timeout_ms)
 }
 
 /*
+ * Who holds the lock now, for a log line: palloc'd, or NULL when Redis cannot say. Never throws for
+ * Redis's sake (a wait must not fail for its log line).
+ */
+static char *
+current_holder(const LockRef *ref)
+{
+	LockKeys	keys;
+	RedisCommand cmd;
+	RedisScriptId id = SCRIPT_INFO;
+	redisReply *reply = NULL;
+	RedisError	err;
+	char	   *holder = NULL;
+
+	names_lock_keys(ref, &keys);
+	script_command(&cmd, id, &keys, 0, NULL);
+	if (script_run(redis_primary_server(), 1, &cmd, &id, &reply, redislock_command_timeout_ms, true,
+				   &err))
+	{
+		if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4 &&
+			reply->element[0]->type == REDIS_REPLY_STRING && reply->element[0]->len > 0)
+			holder = pnstrdup(reply->element[0]->str, reply->element[0]->len);
+		freeReplyObject(reply);
+	}
+	names_lock_keys_free(&keys);
+	return holder;
+}
+
+/* redislock.log_lock_waits: a wait that lasts, and its end, in the server log. */
+static void
+log_wait(const LockRef *ref, int64 waited_ms, bool acquired)
+{
+	char	   *holder;
+
+	if (acquired)
+	{
+		ereport(LOG,
+				(errmsg("process %d acquired redis lock \"%s\" after %lld ms", MyProcPid, ref->key,
+						(long long) waited_ms)));
+		return;
+	}
+	holder = current_holder(ref);
+	ereport(LOG,
+			(errmsg("process %d still waiting for redis lock \"%s\" after %lld ms", MyProcPid, ref->key,
+					(long long) waited_ms),
+			 holder ? errdetail("Held by %s.", holder) : 0));
+}
+
+/*
  * Wait in the lock's FIFO queue until acquisition owns it, and return the fencing token. timeout_ms 0
  * waits without limit (cancel and statement_timeout still end the wait). *lease_start_ms (monotonic)
  * is no later than the moment Redis granted the lease.
@@ -255,6 +303,8 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 	const char *mode = "wait";
 	AcquireResult res;
 	int			losses = 0;		/* connections lost in a row while waiting for a grant */
+	int64		started = redislock_monotonic_ms();
+	bool		logged = false; /* redislock.log_lock_waits said we wait */
 
 	if (timeout_ms > 0)
 		deadline = redislock_monotonic_ms() + timeout_ms;
@@ -270,6 +320,8 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		{
 			/* a grant found by a re-check was made after our last look that saw none */
 			*lease_start_ms = strcmp(mode, "wait") == 0 ? sent : not_granted_at;
+			if (logged)
+				log_wait(ref, redislock_monotonic_ms() - started, true);
 			return res.token;
 		}
 		not_granted_at = sent;
@@ -299,6 +351,8 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		{
 			case GRANT_RECEIVED:
 				*lease_start_ms = not_granted_at;
+				if (logged)
+					log_wait(ref, redislock_monotonic_ms() - started, true);
 				return res.token;
 			case GRANT_NOT_YET:
 				not_granted_at = sent;
@@ -324,6 +378,12 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		}
 		if (deadline != 0 && redislock_monotonic_ms() >= deadline)
 			give_up_wait(ref, timeout_ms);
+		if (redislock_log_lock_waits && !logged &&
+			redislock_monotonic_ms() - started >= REDISLOCK_LOG_WAIT_AFTER_MS)
+		{
+			log_wait(ref, redislock_monotonic_ms() - started, false);
+			logged = true;
+		}
 	}
 }
 

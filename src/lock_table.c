@@ -130,7 +130,8 @@ lock_table_push_session_hold(HeldLock *lock)
 
 	if (!registry_lease(lock->key, &renewed_ms, &lost))
 		session_lock_unrenewed(lock->key);
-	lock->session_holds++;
+	if (lock->session_holds++ == 0)
+		registry_note_session(lock->key);
 }
 
 LockRef

@@ -126,6 +126,10 @@ extern int	redislock_default_ttl_ms;
 extern char *redislock_key_prefix;
 extern bool redislock_synchronous_release;
 extern bool redislock_verify_at_commit;
+extern bool redislock_log_lock_waits;
+
+/* How long a wait lasts before redislock.log_lock_waits logs it (PostgreSQL's deadlock_timeout default). */
+#define REDISLOCK_LOG_WAIT_AFTER_MS 1000
 extern bool redislock_connection_settings_changed;
 extern void redislock_define_settings(void);
 
@@ -318,8 +322,26 @@ typedef struct RenewalItem
 	int64		renewed_ms;		/* monotonic */
 } RenewalItem;
 
+/* One entry of the registry, as redis_lock_activity shows it. */
+typedef struct RegistryRow
+{
+	int			pid;
+	char		key[REDISLOCK_KEY_MAX + 1];
+	char		prefix[REDISLOCK_PREFIX_MAX + 1];
+	bool		granted;
+	bool		session;
+	bool		lost;
+	int64		token;
+	TimestampTz since;
+	int64		lease_end_ms;	/* monotonic */
+} RegistryRow;
+
 extern int	redislock_max_locks;
 extern void registry_install_hooks(void);
+extern void registry_wait_begin(const char *prefix, const char *key);
+extern void registry_wait_end(const char *key);
+extern void registry_note_session(const char *key);
+extern int	registry_snapshot(RegistryRow **rows);
 extern bool registry_active(void);
 extern bool registry_tracks_session(void);
 extern void registry_keeper_started(void);

@@ -45,6 +45,9 @@ typedef struct RegistryEntry
 	int			ttl_ms;
 	int64		renewed_ms;		/* monotonic: the lease began no later than this */
 	bool		lost;
+	bool		granted;		/* held; false while the backend waits for it */
+	bool		session;		/* has (or had) a session hold */
+	TimestampTz since;			/* acquired, or started waiting (wall clock, for display) */
 } RegistryEntry;
 
 #define SERVER_IDENTITY_LEN (MAXPGPATH + 128)
@@ -218,6 +221,9 @@ registry_add(const HeldLock *lock)
 		entry->ttl_ms = lock->ttl_ms;
 		entry->renewed_ms = lock->lease_start_ms;
 		entry->lost = false;
+		entry->granted = true;
+		entry->session = lock->session_holds > 0;
+		entry->since = lock->acquired_at;
 	}
 	LWLockRelease(registry_lock);
 	if (entry == NULL)
@@ -254,7 +260,7 @@ registry_extend(const char *key, int ttl_ms, int64 renewed_ms)
 	make_tag(&tag, MyProcPid, key);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	entry = hash_search(registry, &tag, HASH_FIND, NULL);
-	if (entry != NULL)
+	if (entry != NULL && entry->granted)
 	{
 		entry->ttl_ms = ttl_ms;
 		entry->renewed_ms = Max(entry->renewed_ms, renewed_ms);
@@ -277,6 +283,8 @@ registry_lease(const char *key, int64 *renewed_ms, bool *lost)
 	make_tag(&tag, MyProcPid, key);
 	LWLockAcquire(registry_lock, LW_SHARED);
 	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	if (entry != NULL && !entry->granted)
+		entry = NULL;			/* a wait, not a lock */
 	if (entry != NULL)
 	{
 		*renewed_ms = entry->renewed_ms;
@@ -303,7 +311,7 @@ registry_collect_due(int64 now_ms, RenewalItem *items, int max)
 	hash_seq_init(&status, registry);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		if (entry->lost || now_ms < entry->renewed_ms + entry->ttl_ms / 3)
+		if (!entry->granted || entry->lost || now_ms < entry->renewed_ms + entry->ttl_ms / 3)
 			continue;
 		items[n].pid = entry->tag.pid;
 		strlcpy(items[n].key, entry->tag.key, sizeof(items[n].key));
@@ -389,4 +397,114 @@ registry_record(const RenewalItem *item, bool kept, int64 renewed_ms)
 			entry->lost = true;
 	}
 	LWLockRelease(registry_lock);
+}
+
+/*
+ * A wait for key (under prefix) begins: enter it, so that redis_lock_activity and
+ * redis_blocking_pids show it. Best effort: a full registry leaves the wait unlisted.
+ */
+void
+registry_wait_begin(const char *prefix, const char *key)
+{
+	RegistryTag tag;
+	RegistryEntry *entry;
+	bool		found;
+
+	if (registry == NULL)
+		return;
+	make_tag(&tag, MyProcPid, key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	entry = hash_search(registry, &tag, HASH_ENTER_NULL, &found);
+	if (entry != NULL && !found)
+	{
+		strlcpy(entry->prefix, prefix, sizeof(entry->prefix));
+		entry->acquisition[0] = '\0';
+		entry->token = 0;
+		entry->ttl_ms = 0;
+		entry->renewed_ms = 0;
+		entry->lost = false;
+		entry->granted = false;
+		entry->session = false;
+		entry->since = GetCurrentTimestamp();
+	}
+	LWLockRelease(registry_lock);
+}
+
+/* The wait for key ended (the lock, if taken, has its own entry by now): drop what is left of it. */
+void
+registry_wait_end(const char *key)
+{
+	RegistryTag tag;
+	RegistryEntry *entry;
+
+	if (registry == NULL)
+		return;
+	make_tag(&tag, MyProcPid, key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	if (entry != NULL && !entry->granted)
+		hash_search(registry, &tag, HASH_REMOVE, NULL);
+	LWLockRelease(registry_lock);
+}
+
+/* A lock of ours gained a session hold. */
+void
+registry_note_session(const char *key)
+{
+	RegistryTag tag;
+	RegistryEntry *entry;
+
+	if (registry == NULL)
+		return;
+	make_tag(&tag, MyProcPid, key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	if (entry != NULL)
+		entry->session = true;
+	LWLockRelease(registry_lock);
+}
+
+/* The SQL objects that read the registry need it: in lease mode they fail with 55000. */
+static void
+require_registry(void)
+{
+	if (registry == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the server-wide view of redis locks needs the redislock lease keeper"),
+				 errdetail("Only with redislock in shared_preload_libraries does this server keep a registry of its backends' redis locks."),
+				 errhint("Add redislock to shared_preload_libraries and restart the server.")));
+}
+
+/*
+ * Copies of every entry (held locks and waits of this server's backends), palloc'd; for
+ * redis_lock_activity and redis_blocking_pids. The lock is held shared for the copy only.
+ */
+int
+registry_snapshot(RegistryRow **rows)
+{
+	HASH_SEQ_STATUS status;
+	RegistryEntry *entry;
+	int			n = 0;
+
+	require_registry();
+	LWLockAcquire(registry_lock, LW_SHARED);
+	*rows = palloc(Max(hash_get_num_entries(registry), 1) * sizeof(RegistryRow));
+	hash_seq_init(&status, registry);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		RegistryRow *r = &(*rows)[n++];
+
+		r->pid = entry->tag.pid;
+		strlcpy(r->key, entry->tag.key, sizeof(r->key));
+		strlcpy(r->prefix, entry->prefix, sizeof(r->prefix));
+		r->granted = entry->granted;
+		r->session = entry->session;
+		r->lost = entry->lost;
+		r->token = entry->token;
+		r->since = entry->since;
+		r->lease_end_ms = entry->renewed_ms + entry->ttl_ms;
+	}
+	LWLockRelease(registry_lock);
+	return n;
 }

@@ -25,6 +25,7 @@ int			redislock_default_ttl_ms = 30000;
 char	   *redislock_key_prefix = NULL;
 bool		redislock_synchronous_release = false;
 bool		redislock_verify_at_commit = false;
+bool		redislock_log_lock_waits = false;
 
 /* Set when a connection setting changes; redis_conn.c reconnects and clears it. */
 bool		redislock_connection_settings_changed = false;
@@ -149,6 +150,14 @@ redislock_define_settings(void)
 							 "Whether every transaction lock is checked in Redis before COMMIT.",
 							 "On, a lock removed from Redis by any means (eviction, FLUSHALL, a failover behind a proxy) fails the commit, for one round trip per commit.",
 							 &redislock_verify_at_commit,
+							 false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("redislock.log_lock_waits",
+							 "Whether a wait for a redis lock longer than a second is logged, and its end.",
+							 "As log_lock_waits does for PostgreSQL's own locks.",
+							 &redislock_log_lock_waits,
 							 false,
 							 PGC_SUSET, 0,
 							 NULL, NULL, NULL);

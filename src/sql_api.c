@@ -13,6 +13,8 @@
 #include "miscadmin.h"
 #include "common/int.h"
 #include "storage/proc.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -28,6 +30,8 @@ PG_FUNCTION_INFO_V1(redis_try_session_lock);
 PG_FUNCTION_INFO_V1(redis_lock_mode);
 PG_FUNCTION_INFO_V1(redis_extend_lock);
 PG_FUNCTION_INFO_V1(redis_force_unlock);
+PG_FUNCTION_INFO_V1(redis_lock_activity);
+PG_FUNCTION_INFO_V1(redis_blocking_pids);
 
 /* The key argument as a C string, checked. */
 static char *
@@ -160,7 +164,20 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	ticket = release_ticket_make(&ref, acquisition, ttl_ms);
 	release_call_started(ticket);
 	if (wait)
-		*token = lockop_wait(&ref, acquisition, ttl_ms, timeout_ms, &lease_start_ms);
+	{
+		/* the wait shows in redis_lock_activity (keeper mode) until it ends, however it ends */
+		registry_wait_begin(ref.prefix, key);
+		PG_TRY();
+		{
+			*token = lockop_wait(&ref, acquisition, ttl_ms, timeout_ms, &lease_start_ms);
+		}
+		PG_CATCH();
+		{
+			registry_wait_end(key);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
 	else
 		taken = lockop_try(&ref, acquisition, ttl_ms, token, &lease_start_ms);
 	if (!taken)
@@ -168,7 +185,16 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 		release_ticket_free(release_call_finished());
 		return false;
 	}
-	lock_table_add(key, *token, ttl_ms, lease_start_ms, session);
+	PG_TRY();
+	{
+		lock_table_add(key, *token, ttl_ms, lease_start_ms, session);
+	}
+	PG_FINALLY();
+	{
+		if (wait)
+			registry_wait_end(key);		/* (a lock the registry took is no longer a wait) */
+	}
+	PG_END_TRY();
 	return true;
 }
 
@@ -420,4 +446,66 @@ redis_force_unlock(PG_FUNCTION_ARGS)
 		release_enqueue(lock_table_remove(own), false);
 	}
 	PG_RETURN_BOOL(broke);
+}
+
+/*
+ * redis_lock_activity(): every redis lock held or awaited by a backend of this server (keeper mode),
+ * as pg_locks shows PostgreSQL's own.
+ */
+Datum
+redis_lock_activity(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RegistryRow *rows;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	n = registry_snapshot(&rows);
+	for (int i = 0; i < n; i++)
+	{
+		RegistryRow *r = &rows[i];
+		Datum		values[8];
+		bool		nulls[8] = {false, false, false, false, false, false, false, false};
+
+		values[0] = Int32GetDatum(r->pid);
+		values[1] = CStringGetTextDatum(r->key);
+		values[2] = CStringGetTextDatum("exclusive");
+		values[3] = CStringGetTextDatum(r->session ? "session" : "transaction");
+		values[4] = BoolGetDatum(r->granted);
+		values[5] = Int64GetDatum(r->token);
+		nulls[5] = !r->granted;
+		values[6] = TimestampTzGetDatum(r->since);
+		values[7] = TimestampTzGetDatum(redislock_wall_time_of(r->lease_end_ms));
+		nulls[7] = !r->granted || r->lost;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * redis_blocking_pids(pid): the backends of this server that hold the redis lock pid waits for
+ * (empty when it waits for none, or the holder is on another server: redis_lock_info names it).
+ */
+Datum
+redis_blocking_pids(PG_FUNCTION_ARGS)
+{
+	int			pid = PG_GETARG_INT32(0);
+	RegistryRow *rows;
+	int			n = registry_snapshot(&rows);
+	RegistryRow *waiting = NULL;
+	Datum	   *pids = palloc(Max(n, 1) * sizeof(Datum));
+	int			npids = 0;
+
+	for (int i = 0; i < n && waiting == NULL; i++)
+	{
+		if (rows[i].pid == pid && !rows[i].granted)
+			waiting = &rows[i];
+	}
+	for (int i = 0; i < n && waiting != NULL; i++)
+	{
+		if (rows[i].granted && rows[i].pid != pid && strcmp(rows[i].key, waiting->key) == 0 &&
+			strcmp(rows[i].prefix, waiting->prefix) == 0)
+			pids[npids++] = Int32GetDatum(rows[i].pid);
+	}
+	PG_RETURN_ARRAYTYPE_P(construct_array(pids, npids, INT4OID, sizeof(int32), true, TYPALIGN_INT));
 }

@@ -227,6 +227,47 @@ like($err0, qr/need the redislock lease keeper/, 'and it cannot take session loc
 	$s->quit;
 }
 
+# --- who holds and who waits, server-wide; lock waits in the log -----------------------------------
+{
+	my $h = $a->background_psql('postgres', on_error_stop => 0);
+	my $hpid = $h->query_safe('SELECT pg_backend_pid()');
+	$h->query_safe("BEGIN; SELECT redis_wait_lock('act:k', '30 s');");
+	my $w = $a->background_psql('postgres', on_error_stop => 0);
+	my $wpid = $w->query_safe('SELECT pg_backend_pid()');
+	$w->query_until(qr/waiting/, "SET redislock.log_lock_waits = on;\n\\echo waiting\nBEGIN; SELECT redis_wait_lock('act:k', '30 s', '30 s');\n");
+	my $bw = $b->background_psql('postgres', on_error_stop => 0);
+	$bw->query_until(qr/waiting/, "\\echo waiting\nBEGIN; SELECT redis_wait_lock('act:k', '30 s', '30 s');\n");
+	ok($a->poll_query_until('postgres',
+		"SELECT count(*) = 2 FROM redis_lock_activity WHERE key = 'act:k'"), 'redis_lock_activity lists the holder and the waiter of this server');
+	is($a->safe_psql('postgres',
+		"SELECT string_agg(format('%s %s %s %s %s', pid = $hpid, mode, scope, granted, fencing_token IS NOT NULL), ',' ORDER BY granted DESC) FROM redis_lock_activity WHERE key = 'act:k'"),
+		't exclusive transaction t t,f exclusive transaction f f', 'with mode, scope, granted and token');
+	is($a->safe_psql('postgres', "SELECT redis_blocking_pids($wpid)"), "{$hpid}", 'redis_blocking_pids names the holder of what the waiter waits for');
+	is($a->safe_psql('postgres', "SELECT redis_blocking_pids($hpid)"), '{}', 'and nothing for a backend that does not wait');
+	sleep 1.5;
+	$h->query_safe('COMMIT');
+	my ($got) = (split /\n/, $w->query_safe("SELECT 'got it'"))[-1];
+	is($got, 'got it', 'the waiter on this server gets the lock');
+	$w->query_safe('COMMIT');
+	$bw->query_safe('COMMIT');
+	my $log = slurp_file($a->logfile);
+	like($log, qr/LOG:  process $wpid still waiting for redis lock "act:k" after \d+ ms\n.*DETAIL:  Held by [^\n]*:$hpid:/s,
+		'redislock.log_lock_waits logs a wait past a second, naming the holder');
+	like($log, qr/LOG:  process $wpid acquired redis lock "act:k" after \d+ ms/, 'and when it ends');
+	# another cluster's holder: the waiter here is listed, the holder is not ours to name
+	my $bh = $b->background_psql('postgres');
+	$bh->query_safe("BEGIN; SELECT redis_wait_lock('act:remote', '30 s');");
+	$w->query_until(qr/waiting/, "\\echo waiting\nBEGIN; SELECT redis_wait_lock('act:remote', '30 s', '30 s');\n");
+	ok($a->poll_query_until('postgres', "SELECT count(*) = 1 FROM redis_lock_activity WHERE key = 'act:remote' AND NOT granted"),
+		'a wait for a lock held on another cluster is listed');
+	is($a->safe_psql('postgres', "SELECT redis_blocking_pids($wpid)"), '{}', 'with no blocking pid on this server');
+	$bh->query_safe('COMMIT');
+	$w->query_safe('COMMIT');
+	$_->quit for $h, $w, $bw, $bh;
+	my ($rc, $out, $err) = $b->psql('postgres', "\\set VERBOSITY verbose\nSELECT * FROM redis_lock_activity");
+	like($err, qr/ERROR:  55000: the server-wide view of redis locks needs the redislock lease keeper/, 'without preload: 55000 with a hint');
+}
+
 # --- redislock.max_locks is a hard cap, in memory of its own ---------------------------------------
 {
 	$a->safe_psql('postgres', q{
