@@ -8,7 +8,7 @@ EXTENSION = redislock
 MODULE_big = redislock
 OBJS = src/redislock.o src/settings.o src/redis_conn.o src/names.o src/scripts.o src/lock_ops.o \
        src/release.o \
-       src/registry.o src/keeper.o \
+       src/registry.o src/keeper.o src/stats.o \
        src/lock_table.o src/xact.o src/sql_api.o
 DATA = sql/redislock--1.0.sql sql/redislock--1.0--1.1.sql sql/redislock--1.1.sql
 # make installcheck: the regression and isolation suites against a running server whose redislock.host

@@ -123,3 +123,33 @@ AS 'MODULE_PATHNAME', 'redis_blocking_pids'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION redis_blocking_pids(integer) IS
 'the backends of this server holding the Redis lock that pid waits for (needs the lease keeper)';
+
+CREATE FUNCTION redis_lock_stats(
+    OUT acquisitions bigint,
+    OUT immediate bigint,
+    OUT waits bigint,
+    OUT wait_time_ms bigint,
+    OUT max_wait_ms bigint,
+    OUT timeouts bigint,
+    OUT cancels bigint,
+    OUT deadlocks bigint,
+    OUT lost bigint,
+    OUT redis_errors bigint,
+    OUT reconnects bigint,
+    OUT round_trips bigint,
+    OUT stats_reset timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'redis_lock_stats'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_lock_stats() IS
+'server-wide counters of Redis lock activity since stats_reset (needs the lease keeper)';
+
+CREATE VIEW redis_lock_stats AS SELECT * FROM redis_lock_stats();
+
+CREATE FUNCTION redis_lock_stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'redis_lock_stats_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION redis_lock_stats_reset() IS
+'zero the server-wide counters of redis_lock_stats (needs the lease keeper)';
+REVOKE ALL ON FUNCTION redis_lock_stats_reset() FROM PUBLIC;

@@ -142,6 +142,8 @@ lockop_try(const LockRef *ref, const char *acquisition, int ttl_ms, int64 *token
 	int64		sent = redislock_monotonic_ms();
 
 	acquire_call(ref, acquisition, ttl_ms, "try", &res);
+	if (res.acquired)
+		stats_add(STATS_IMMEDIATE, 1);
 	*token = res.token;
 	*lease_start_ms = sent;
 	return res.acquired;
@@ -235,6 +237,8 @@ give_up_wait(const LockRef *ref, int timeout_ms)
 	RedisError	err;
 
 	(void) release_now(1, &ticket, &owned, &err);
+	stats_add(STATS_TIMEOUTS, 1);
+	stats_note_wait(timeout_ms);
 	ereport(ERROR,
 			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 			 errmsg("could not obtain redis lock \"%s\" within %d ms", ref->key, timeout_ms),
@@ -305,6 +309,7 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 	int			losses = 0;		/* connections lost in a row while waiting for a grant */
 	int64		started = redislock_monotonic_ms();
 	bool		logged = false; /* redislock.log_lock_waits said we wait */
+	bool		queued = false; /* it had to wait (counted once) */
 
 	if (timeout_ms > 0)
 		deadline = redislock_monotonic_ms() + timeout_ms;
@@ -320,11 +325,20 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		{
 			/* a grant found by a re-check was made after our last look that saw none */
 			*lease_start_ms = strcmp(mode, "wait") == 0 ? sent : not_granted_at;
+			if (strcmp(mode, "wait") == 0 && !queued)
+				stats_add(STATS_IMMEDIATE, 1);
+			else
+				stats_note_wait(redislock_monotonic_ms() - started);
 			if (logged)
 				log_wait(ref, redislock_monotonic_ms() - started, true);
 			return res.token;
 		}
 		not_granted_at = sent;
+		if (!queued)
+		{
+			queued = true;
+			stats_add(STATS_WAITS, 1);
+		}
 		if (res.place_gone)
 		{
 			/* our heartbeat lapsed (a long pause) and the queue moved on: join again, at the tail */
@@ -351,6 +365,7 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		{
 			case GRANT_RECEIVED:
 				*lease_start_ms = not_granted_at;
+				stats_note_wait(redislock_monotonic_ms() - started);
 				if (logged)
 					log_wait(ref, redislock_monotonic_ms() - started, true);
 				return res.token;

@@ -570,6 +570,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	}
 	server->in_flight = false;
 	server->connections++;
+	stats_add(STATS_RECONNECTS, 1);
 	return true;
 }
 
@@ -730,6 +731,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 		return false;
 
 	inbox_reserve(server, ncmds);
+	stats_add(STATS_ROUND_TRIPS, 1);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	server->in_flight = true;
 	server->in_flight_replies = ncmds;
@@ -792,6 +794,7 @@ redis_send_unanswered(RedisServer *server, int ncmds, const RedisFormatted *cmds
 		return false;
 	}
 	server->unanswered += ncmds;
+	stats_add(STATS_ROUND_TRIPS, 1);	/* a write; its answer is read later, with no wait */
 	return true;
 }
 
@@ -919,6 +922,7 @@ redis_error_malformed(RedisServer *server, const char *what, RedisError *err)
 void
 redis_raise(const RedisError *err)
 {
+	stats_add(STATS_REDIS_ERRORS, 1);
 	ereport(ERROR,
 			(errcode(err->sqlstate),
 			 errmsg_internal("%s", err->message),
@@ -931,6 +935,7 @@ redis_raise(const RedisError *err)
 void
 redis_warn(const RedisError *err, const char *context)
 {
+	stats_add(STATS_REDIS_ERRORS, 1);
 	ereport(WARNING,
 			(errcode(err->sqlstate),
 			 errmsg_internal("%s", err->message),

@@ -17,6 +17,7 @@
  *	sql_api.c		the SQL-callable functions and their argument checks
  *	registry.c		the shared registry of held locks (with shared_preload_libraries) (registry_*)
  *	keeper.c		the lease keeper, a background worker that renews the registry's leases (keeper_*)
+ *	stats.c			server-wide counters, summed from per-process slots (stats_*)
  *
  * Calls go one way, with no cycle between files: sql_api → xact → lock_ops → release → scripts,
  * names → redis_conn; sql_api and xact also call lock_table (→ registry, release) and release
@@ -33,6 +34,7 @@
 
 #include "datatype/timestamp.h"
 #include "miscadmin.h"
+#include "storage/lwlock.h"
 #include "utils/timestamp.h"
 
 /* Longest lock key accepted, and longest redislock.key_prefix, in bytes. */
@@ -353,6 +355,32 @@ extern bool registry_lease(const char *key, int64 *renewed_ms, bool *lost);
 extern void registry_extend(const char *key, int ttl_ms, int64 renewed_ms);
 extern int	registry_collect_due(int64 now_ms, RenewalItem *items, int max);
 extern void registry_record(const RenewalItem *item, bool kept, int64 renewed_ms);
+
+/* stats.c */
+typedef enum StatsCounter
+{
+	STATS_ACQUISITIONS,
+	STATS_IMMEDIATE,
+	STATS_WAITS,
+	STATS_WAIT_TIME_MS,
+	STATS_MAX_WAIT_MS,
+	STATS_TIMEOUTS,
+	STATS_CANCELS,
+	STATS_DEADLOCKS,
+	STATS_LOST,
+	STATS_REDIS_ERRORS,
+	STATS_RECONNECTS,
+	STATS_ROUND_TRIPS,
+	STATS_NCOUNTERS
+} StatsCounter;
+
+extern Size stats_shmem_size(void);
+extern void stats_shmem_init(LWLock *lock);
+extern void stats_add(StatsCounter c, int64 n);
+extern void stats_note_wait(int64 ms);
+extern bool stats_available(void);
+extern void stats_read(uint64 *values, TimestampTz *reset_at);
+extern void stats_reset(void);
 
 /* keeper.c */
 extern void keeper_register(void);

@@ -71,8 +71,9 @@ registry_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(hash_estimate_size(redislock_max_locks, sizeof(RegistryEntry)) +
-						   MAXALIGN(sizeof(RegistryShared)));
-	RequestNamedLWLockTranche("redislock", 1);
+						   MAXALIGN(sizeof(RegistryShared)) + MAXALIGN(stats_shmem_size()));
+	/* the registry's lock, and the counters' */
+	RequestNamedLWLockTranche("redislock", 2);
 }
 
 static void
@@ -95,7 +96,8 @@ registry_shmem_startup(void)
 		registry_shared->keeper_pid = 0;
 		registry_shared->keeper_server[0] = '\0';
 	}
-	registry_lock = &(GetNamedLWLockTranche("redislock"))->lock;
+	registry_lock = &(GetNamedLWLockTranche("redislock"))[0].lock;
+	stats_shmem_init(&(GetNamedLWLockTranche("redislock"))[1].lock);
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -185,6 +185,7 @@ release_enqueue(ReleaseTicket *t, bool warn_if_lost)
 static void
 warn_lost(const ReleaseTicket *t)
 {
+	stats_add(STATS_LOST, 1);
 	ereport(WARNING,
 			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 			 errmsg("redis lock \"%s\" had already been lost when it was released", t->key),

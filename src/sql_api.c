@@ -32,6 +32,8 @@ PG_FUNCTION_INFO_V1(redis_extend_lock);
 PG_FUNCTION_INFO_V1(redis_force_unlock);
 PG_FUNCTION_INFO_V1(redis_lock_activity);
 PG_FUNCTION_INFO_V1(redis_blocking_pids);
+PG_FUNCTION_INFO_V1(redis_lock_stats);
+PG_FUNCTION_INFO_V1(redis_lock_stats_reset);
 
 /* The key argument as a C string, checked. */
 static char *
@@ -174,6 +176,8 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 		PG_CATCH();
 		{
 			registry_wait_end(key);
+			if (geterrcode() == ERRCODE_QUERY_CANCELED)
+				stats_add(STATS_CANCELS, 1);
 			PG_RE_THROW();
 		}
 		PG_END_TRY();
@@ -185,6 +189,7 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 		release_ticket_free(release_call_finished());
 		return false;
 	}
+	stats_add(STATS_ACQUISITIONS, 1);
 	PG_TRY();
 	{
 		lock_table_add(key, *token, ttl_ms, lease_start_ms, session);
@@ -508,4 +513,44 @@ redis_blocking_pids(PG_FUNCTION_ARGS)
 			pids[npids++] = Int32GetDatum(rows[i].pid);
 	}
 	PG_RETURN_ARRAYTYPE_P(construct_array(pids, npids, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+}
+
+static void
+require_stats(void)
+{
+	if (!stats_available())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("redis lock statistics need the redislock lease keeper"),
+				 errdetail("Only with redislock in shared_preload_libraries does this server count its backends' redis lock activity."),
+				 errhint("Add redislock to shared_preload_libraries and restart the server.")));
+}
+
+/* redis_lock_stats(): server-wide counters since the last reset (keeper mode). */
+Datum
+redis_lock_stats(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	uint64		counters[STATS_NCOUNTERS];
+	TimestampTz reset_at;
+	Datum		values[STATS_NCOUNTERS + 1];
+	bool		nulls[STATS_NCOUNTERS + 1] = {0};
+
+	require_stats();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	stats_read(counters, &reset_at);
+	for (int c = 0; c < STATS_NCOUNTERS; c++)
+		values[c] = Int64GetDatum((int64) counters[c]);
+	values[STATS_NCOUNTERS] = TimestampTzGetDatum(reset_at);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/* redis_lock_stats_reset(): count afresh (superuser, or as granted). */
+Datum
+redis_lock_stats_reset(PG_FUNCTION_ARGS)
+{
+	require_stats();
+	stats_reset();
+	PG_RETURN_VOID();
 }

@@ -102,6 +102,7 @@ fail_session_locks(int n, HeldLock **locks, const char *why)
 {
 	char		key[REDISLOCK_KEY_MAX + 1];
 
+	stats_add(STATS_LOST, n);
 	strlcpy(key, locks[0]->key, sizeof(key));
 	for (int i = 0; i < n; i++)
 		forget_lost(locks[i]);
@@ -212,6 +213,7 @@ verify_before_commit(void)
 
 		if (!in_xact)
 			fail_session_locks(nlost, locks, "the lease keeper found it gone from Redis, or held by another holder");
+		stats_add(STATS_LOST, nlost);
 		strlcpy(key, locks[0]->key, sizeof(key));
 		for (int i = 0; i < nlost; i++)
 			forget_lost(locks[i]);
@@ -274,11 +276,14 @@ verify_before_commit(void)
 	{
 		/* a lost transaction lock comes first: 40001, which tells a client to retry */
 		if (!kept[i] && locks[i]->nholds > 0)
+		{
+			stats_add(STATS_LOST, 1);
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("redis lock \"%s\" was lost during this transaction", refs[i].key),
 					 errdetail("Its lease of %d ms ran out, or Redis forgot it, and it cannot be shown that nobody else took it before the transaction ended.",
 							   locks[i]->ttl_ms)));
+		}
 	}
 	for (int i = 0; i < nchecked; i++)
 	{
@@ -415,6 +420,7 @@ xact_forget_if_lost(HeldLock *lock)
 static void
 warn_released_lost(const char *key, bool xact_hold)
 {
+	stats_add(STATS_LOST, 1);
 	ereport(WARNING,
 			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 			 errmsg("redis lock \"%s\" had already been lost when it was released", key),

@@ -268,6 +268,35 @@ like($err0, qr/need the redislock lease keeper/, 'and it cannot take session loc
 	like($err, qr/ERROR:  55000: the server-wide view of redis locks needs the redislock lease keeper/, 'without preload: 55000 with a hint');
 }
 
+# --- server-wide counters against a known sequence of calls ----------------------------------------
+{
+	$a->safe_psql('postgres', 'SELECT redis_lock_stats_reset()');
+	my $s = $a->background_psql('postgres', on_error_stop => 0);
+	$s->query_safe("SELECT redis_try_lock('st:1'), redis_try_lock('st:2'), redis_wait_lock('st:3')");    # 3 immediate
+	my $h = $b->background_psql('postgres');
+	$h->query_safe("BEGIN; SELECT redis_wait_lock('st:busy', '30 s');");
+	$s->query("SELECT redis_try_lock('st:busy')");    # not taken: no acquisition
+	$s->query("SELECT redis_wait_lock('st:busy', NULL, '300 ms')");    # a wait that times out
+	$s->query_until(qr/waiting/, "\\echo waiting\nSELECT redis_wait_lock('st:busy', NULL, '30 s');\n");    # a wait that gets it
+	sleep 0.5;
+	$h->query_safe('COMMIT');
+	$s->{stderr} = '';
+	$s->query_safe("SELECT 1");
+	$h->quit;
+	is($a->safe_psql('postgres',
+		'SELECT format($$%s %s %s %s %s %s$$, acquisitions, immediate, waits, timeouts, cancels, deadlocks) FROM redis_lock_stats'),
+		'4 3 2 1 0 0', 'acquisitions 4, immediate 3, waits 2, timeouts 1, no cancel, no deadlock');
+	is($a->safe_psql('postgres',
+		'SELECT wait_time_ms >= 600 AND max_wait_ms >= 300 AND round_trips > 0 AND stats_reset > now() - interval $$1 minute$$ FROM redis_lock_stats'),
+		't', 'wait time, the longest wait, round trips and the time of the reset');
+	$a->safe_psql('postgres', 'CREATE ROLE stats_reader LOGIN');
+	my ($rc, $out, $err) = $a->psql('postgres', "SELECT redis_lock_stats_reset()", extra_params => [ '-U', 'stats_reader' ]);
+	like($err, qr/permission denied for function redis_lock_stats_reset/, 'resetting is not for everyone');
+	$s->quit;
+	($rc, $out, $err) = $b->psql('postgres', "\\set VERBOSITY verbose\nSELECT * FROM redis_lock_stats");
+	like($err, qr/ERROR:  55000: redis lock statistics need the redislock lease keeper/, 'without preload: 55000');
+}
+
 # --- redislock.max_locks is a hard cap, in memory of its own ---------------------------------------
 {
 	$a->safe_psql('postgres', q{
