@@ -145,7 +145,7 @@ redislock_keeper_main(Datum arg)
 		MemoryContextReset(loop_cxt);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, KEEPER_TICK_MS,
-						 PG_WAIT_EXTENSION);
+						 redis_wait_event());
 		ResetLatch(MyLatch);
 	}
 }

@@ -386,7 +386,7 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 					if (deadline != 0)
 						pause = Min(pause, Max(deadline - redislock_monotonic_ms(), 0));
 					(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-									 pause, PG_WAIT_EXTENSION);
+									 pause, redis_wait_event());
 					ResetLatch(MyLatch);
 				}
 				break;

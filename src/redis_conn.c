@@ -190,6 +190,24 @@ ms_until(TimestampTz deadline)
 	return (long) ((deadline - now + 999) / 1000);
 }
 
+/*
+ * The wait event a backend waiting on Redis shows in pg_stat_activity: on PostgreSQL 17 and later a
+ * named one, RedisLock (type Extension); before 17 extensions have only Extension itself.
+ */
+uint32
+redis_wait_event(void)
+{
+#if PG_VERSION_NUM >= 170000
+	static uint32 named = 0;
+
+	if (named == 0)
+		named = WaitEventExtensionNew("RedisLock");
+	return named;
+#else
+	return PG_WAIT_EXTENSION;
+#endif
+}
+
 /* The wait set of a new connection: latch, postmaster death, and its socket. */
 static void
 create_wait_set(RedisServer *server)
@@ -223,7 +241,7 @@ wait_for_socket(RedisServer *server, int events, TimestampTz deadline, bool inte
 
 		if (timeout <= 0)
 			return false;
-		if (WaitEventSetWait(server->waits, timeout, &event, 1, PG_WAIT_EXTENSION) == 0)
+		if (WaitEventSetWait(server->waits, timeout, &event, 1, redis_wait_event()) == 0)
 			continue;			/* timed out: the loop checks the deadline */
 		if (event.events & WL_POSTMASTER_DEATH)
 		{

@@ -190,6 +190,7 @@ extern void redis_error_malformed(RedisServer *server, const char *what, RedisEr
 extern void redis_raise(const RedisError *err) pg_attribute_noreturn();
 extern void redis_warn(const RedisError *err, const char *context);
 extern const char *redis_acl_rule(void);
+extern uint32 redis_wait_event(void);
 
 /* names.c */
 

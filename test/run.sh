@@ -3,14 +3,15 @@
 # PostgreSQL on free loopback ports, then runs every suite: pg_regress (sql/, expected/),
 # pg_isolation_regress (test/isolation/) and the TAP tests (test/t/, each starting its own Redis and
 # clusters). Ends with "N passed, N failed"; exits non-zero on any failure.
-#   bash test/run.sh [regress] [isolation] [tap] [valgrind] [t/NNN_name.pl ...]   runs only what is named
+#   bash test/run.sh [regress] [isolation] [tap] [deb] [valgrind] [t/NNN_name.pl ...]   runs only what is named
 set -uo pipefail
-suites=" ${*:-regress isolation tap valgrind} "
+suites=" ${*:-regress isolation tap deb valgrind} "
 tap_files=$(printf '%s\n' "$@" | grep '^t/' | tr '\n' ' ')
 [ -n "$tap_files" ] && suites="$suites tap "
 [ -n "$tap_files" ] || tap_files='t/*.pl'
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/valgrind.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/deb.sh"
 rl_setup || { echo "0 passed, 1 failed"; exit 1; }
 cd "$RL_ROOT"
 
@@ -57,6 +58,11 @@ passed=$((passed + ok)) failed=$((failed + bad))
 if [ "$tap_status" -ne 0 ]; then
   for f in "$tap"/tmp_check/log/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done
 fi
+fi
+
+if [[ $suites == *" deb "* ]]; then
+  rl_log "Debian package"
+  if rl_deb_suite; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 fi
 
 if [[ $suites == *" valgrind "* ]]; then
