@@ -250,18 +250,29 @@ registry_remove(const char *key)
 	LWLockRelease(registry_lock);
 }
 
+/*
+ * This backend's entry for key, or NULL, with the registry's lock held exclusively: the caller
+ * releases it.
+ */
+static RegistryEntry *
+lock_own_entry(const char *key)
+{
+	RegistryTag tag;
+
+	make_tag(&tag, MyProcPid, key);
+	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
+	return hash_search(registry, &tag, HASH_FIND, NULL);
+}
+
 /* redis_extend_lock: the keeper renews key for ttl_ms from now on; renewed at renewed_ms. */
 void
 registry_extend(const char *key, int ttl_ms, int64 renewed_ms)
 {
-	RegistryTag tag;
 	RegistryEntry *entry;
 
 	if (registry == NULL)
 		return;
-	make_tag(&tag, MyProcPid, key);
-	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
-	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	entry = lock_own_entry(key);
 	if (entry != NULL && entry->granted)
 	{
 		entry->ttl_ms = ttl_ms;
@@ -436,16 +447,13 @@ registry_wait_begin(const char *prefix, const char *key)
 void
 registry_wait_end(const char *key)
 {
-	RegistryTag tag;
 	RegistryEntry *entry;
 
 	if (registry == NULL)
 		return;
-	make_tag(&tag, MyProcPid, key);
-	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
-	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	entry = lock_own_entry(key);
 	if (entry != NULL && !entry->granted)
-		hash_search(registry, &tag, HASH_REMOVE, NULL);
+		hash_search(registry, &entry->tag, HASH_REMOVE, NULL);
 	LWLockRelease(registry_lock);
 }
 
@@ -453,14 +461,11 @@ registry_wait_end(const char *key)
 void
 registry_note_session(const char *key)
 {
-	RegistryTag tag;
 	RegistryEntry *entry;
 
 	if (registry == NULL)
 		return;
-	make_tag(&tag, MyProcPid, key);
-	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
-	entry = hash_search(registry, &tag, HASH_FIND, NULL);
+	entry = lock_own_entry(key);
 	if (entry != NULL)
 		entry->session = true;
 	LWLockRelease(registry_lock);

@@ -14,7 +14,7 @@ rl_deb_suite() {
   [ -n "$deb" ] || { echo "deb: no package built"; return 1; }
   dpkg -i "$deb" >"$RL_TMP/deb/install.log" 2>&1 || { cat "$RL_TMP/deb/install.log"; return 1; }
   dpkg -L postgresql-15-redislock | grep -q '/redislock.so$' || { echo "deb: no library in the package"; return 1; }
-  psql -X -q -c "DROP DATABASE IF EXISTS deb_check" -c "CREATE DATABASE deb_check" >/dev/null || return 1
+  psql -X -q -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS deb_check" -c "CREATE DATABASE deb_check" >/dev/null || return 1
   local out
   out=$(psql -X -q -At -d deb_check -c "CREATE EXTENSION redislock" \
     -c "SELECT extversion FROM pg_extension WHERE extname = 'redislock'" \
