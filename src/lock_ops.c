@@ -338,6 +338,7 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		{
 			queued = true;
 			stats_add(STATS_WAITS, 1);
+			registry_wait_begin(ref->prefix, ref->key); /* for redis_lock_activity */
 		}
 		if (res.place_gone)
 		{

@@ -413,9 +413,12 @@ registry_record(const RenewalItem *item, bool kept, int64 renewed_ms)
 }
 
 /*
- * A wait for key (under prefix) begins: enter it, so that redis_lock_activity and
- * redis_blocking_pids show it. Best effort: a full registry leaves the wait unlisted.
+ * A wait for key (under prefix) begins, once it has joined the lock's queue: enter it, so that
+ * redis_lock_activity and redis_blocking_pids show it. Best effort: a full registry leaves the wait
+ * unlisted. A lock call that never waited touches nothing here.
  */
+static bool wait_listed = false;	/* this backend has a wait entry (no lock taken to ask) */
+
 void
 registry_wait_begin(const char *prefix, const char *key)
 {
@@ -425,6 +428,7 @@ registry_wait_begin(const char *prefix, const char *key)
 
 	if (registry == NULL)
 		return;
+	wait_listed = true;
 	make_tag(&tag, MyProcPid, key);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	entry = hash_search(registry, &tag, HASH_ENTER_NULL, &found);
@@ -449,8 +453,9 @@ registry_wait_end(const char *key)
 {
 	RegistryEntry *entry;
 
-	if (registry == NULL)
+	if (registry == NULL || !wait_listed)
 		return;
+	wait_listed = false;
 	entry = lock_own_entry(key);
 	if (entry != NULL && !entry->granted)
 		hash_search(registry, &entry->tag, HASH_REMOVE, NULL);

@@ -167,8 +167,7 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	release_call_started(ticket);
 	if (wait)
 	{
-		/* the wait shows in redis_lock_activity (keeper mode) until it ends, however it ends */
-		registry_wait_begin(ref.prefix, key);
+		/* once queued, the wait shows in redis_lock_activity (keeper mode) until it ends, however */
 		PG_TRY();
 		{
 			*token = lockop_wait(&ref, acquisition, ttl_ms, timeout_ms, &lease_start_ms);
