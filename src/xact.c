@@ -97,15 +97,22 @@ forget_lost(HeldLock *lock)
  * Session locks that are lost, or cannot be proven held: forget them all, and fail this commit once
  * with 55000 (the session then goes on without them). why completes "...: why".
  */
+/* Forget the n lost locks[], counting them; key gets the first one's name, for the message. */
+static void
+forget_all_lost(int n, HeldLock **locks, char *key)
+{
+	stats_add(STATS_LOST, n);
+	strlcpy(key, locks[0]->key, REDISLOCK_KEY_MAX + 1);
+	for (int i = 0; i < n; i++)
+		forget_lost(locks[i]);
+}
+
 static void
 fail_session_locks(int n, HeldLock **locks, const char *why)
 {
 	char		key[REDISLOCK_KEY_MAX + 1];
 
-	stats_add(STATS_LOST, n);
-	strlcpy(key, locks[0]->key, sizeof(key));
-	for (int i = 0; i < n; i++)
-		forget_lost(locks[i]);
+	forget_all_lost(n, locks, key);
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 n == 1 ?
@@ -213,10 +220,7 @@ verify_before_commit(void)
 
 		if (!in_xact)
 			fail_session_locks(nlost, locks, "the lease keeper found it gone from Redis, or held by another holder");
-		stats_add(STATS_LOST, nlost);
-		strlcpy(key, locks[0]->key, sizeof(key));
-		for (int i = 0; i < nlost; i++)
-			forget_lost(locks[i]);
+		forget_all_lost(nlost, locks, key);
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("redis lock \"%s\" was lost during this transaction", key),
