@@ -6,7 +6,7 @@
 
 EXTENSION = redislock
 MODULE_big = redislock
-OBJS = src/redislock.o src/settings.o src/redis_conn.o src/names.o src/scripts.o src/lock_ops.o \
+OBJS = src/redislock.o src/settings.o src/transport.o src/redis_conn.o src/sentinel.o src/replicas.o src/names.o src/scripts.o src/lock_ops.o \
        src/release.o \
        src/registry.o src/keeper.o src/stats.o \
        src/lock_table.o src/xact.o src/sql_api.o
@@ -19,7 +19,7 @@ ISOLATION_OPTS = --inputdir=test/isolation
 PGFILEDESC = "redislock - distributed locks held in Redis"
 
 LUA_SCRIPTS = acquire release verify info force
-SHLIB_LINK += -lhiredis
+SHLIB_LINK += -lhiredis -lssl -lcrypto
 PG_CPPFLAGS += -I$(srcdir)/src
 EXTRA_CLEAN = src/scripts_generated.h src/lua/out
 
@@ -31,7 +31,7 @@ ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
 else
 all install:
-	@echo "PGXS not found: apt-get install postgresql-server-dev-15 libhiredis-dev, or run make test" >&2; exit 1
+	@echo "PGXS not found: apt-get install postgresql-server-dev-15 libhiredis-dev libssl-dev, or run make test" >&2; exit 1
 endif
 
 src/scripts.o src/scripts.bc: src/scripts_generated.h

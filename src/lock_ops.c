@@ -40,11 +40,36 @@ server_for_call(bool interruptible)
 	return redis_primary_server();
 }
 
-/* How long a queued waiter that stops re-checking is still taken for alive. */
+/*
+ * How long a queued waiter that stops re-checking is still taken for alive: between two re-checks it
+ * blocks for a heartbeat, and each of the two round trips may wait for replicas.
+ */
 static int
 waiter_liveness_ms(void)
 {
-	return 2 * REDISLOCK_RECHECK_MS + redislock_command_timeout_ms;
+	return 2 * REDISLOCK_RECHECK_MS + redislock_command_timeout_ms + 2 * replicas_extra_ms();
+}
+
+/*
+ * An acquisition the replicas did not acknowledge in time is undone at once (the next waiter gets the
+ * lock), and the call fails: 55P03 when too few replicas answered, else what went wrong with WAIT.
+ */
+static void
+undo_unacknowledged(const LockRef *ref, RedisError *err)
+{
+	ReleaseTicket *ticket = release_call_finished();
+	int			owned;
+	RedisError	undo_err;
+
+	(void) release_now(1, &ticket, &owned, &undo_err);
+	if (err->sqlstate != ERRCODE_LOCK_NOT_AVAILABLE)
+		redis_raise(err);
+	stats_add(STATS_REDIS_ERRORS, 1);
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("redis lock \"%s\" was not acknowledged by enough replicas, and was given up", ref->key),
+			 errdetail_internal("%s.", err->message),
+			 errhint("%s", err->hint)));
 }
 
 static bool
@@ -62,20 +87,25 @@ typedef struct AcquireResult
 	int64		lease_left_ms;	/* ours when acquired, else the current holder's; -1 unknown */
 } AcquireResult;
 
-/* Run the acquire script once for acquisition. Throws on failure (release.c undoes what was sent). */
+/*
+ * Run the acquire script once for acquisition (followed by WAIT when replicas must acknowledge).
+ * Throws on failure (release.c undoes what was sent).
+ */
 static void
 acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char *mode,
 			 AcquireResult *res)
 {
 	RedisServer *server = server_for_call(true);
 	LockKeys	keys;
-	RedisCommand cmd;
-	RedisScriptId id = SCRIPT_ACQUIRE;
+	RedisCommand cmds[2];
+	RedisScriptId ids[2] = {SCRIPT_ACQUIRE, SCRIPT_NONE};
+	redisReply *replies[2] = {NULL, NULL};
 	redisReply *reply;
 	RedisError	err;
 	char		ttl[16];
 	char		liveness[16];
 	const char *args[4];
+	int			ncmds;
 	bool		ok;
 	bool		was_sent;
 
@@ -86,10 +116,18 @@ acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char
 	args[2] = mode;
 	args[3] = liveness;
 	names_lock_keys(ref, &keys);
-	script_command(&cmd, id, &keys, 4, args);
+	script_command(&cmds[0], SCRIPT_ACQUIRE, &keys, 4, args);
+	ncmds = replicas_append_wait(cmds, ids, 1);
+	/* a cancel while connecting (a TLS handshake that hangs) leaves nothing to undo */
+	if (!redis_ensure_connected(server, true, &err))
+	{
+		names_lock_keys_free(&keys);
+		redis_raise(&err);
+	}
 	/* from here on the call may reach Redis, even if an interrupt ends the wait for its answer */
 	was_sent = release_call_sent(true);
-	ok = script_run(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err);
+	ok = script_run(server, ncmds, cmds, ids, replies,
+					redislock_command_timeout_ms + replicas_extra_ms(), true, &err);
 	names_lock_keys_free(&keys);
 	if (!ok)
 	{
@@ -99,6 +137,7 @@ acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char
 		redis_raise(&err);
 	}
 
+	reply = replies[0];
 	if (reply->type == REDIS_REPLY_ERROR)
 		redis_error_from_reply(server, reply, &err);
 	else if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
@@ -123,10 +162,14 @@ acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char
 			res->token = 0;
 			res->lease_left_ms = reply->element[1]->integer;
 		}
-		freeReplyObject(reply);
+		/* a lock taken must be on enough replicas; a place in the queue need not */
+		ok = !res->acquired || ncmds == 1 || replicas_acknowledged(server, replies[1], &err);
+		redis_free_replies(ncmds, replies);
+		if (!ok)
+			undo_unacknowledged(ref, &err);
 		return;
 	}
-	freeReplyObject(reply);
+	redis_free_replies(ncmds, replies);
 	redis_raise(&err);
 }
 
@@ -157,37 +200,41 @@ typedef enum GrantWait
 } GrantWait;
 
 /*
- * Block in BLPOP on the acquisition's grant list for up to block_ms; *token is set when the lock was
- * handed to it.
+ * Block in BLPOP on the acquisition's grant list for up to block_ms (followed by WAIT when replicas must
+ * acknowledge the grant); *token is set when the lock was handed to it.
  */
 static GrantWait
 wait_for_grant(const LockRef *ref, const char *acquisition, int block_ms, int64 *token)
 {
 	RedisServer *server = redis_primary_server();
-	RedisCommand cmd;
+	RedisCommand cmds[2];
+	redisReply *replies[2] = {NULL, NULL};
 	redisReply *reply;
 	RedisError	err;
 	char	   *grant_key = names_grant_key(ref, acquisition);
 	char		seconds[32];
 	bool		granted = false;
+	int			ncmds;
 
 	snprintf(seconds, sizeof(seconds), "%d.%03d", block_ms / 1000, block_ms % 1000);
-	cmd.argc = 3;
-	cmd.argv[0] = "BLPOP";
-	cmd.argvlen[0] = 5;
-	cmd.argv[1] = grant_key;
-	cmd.argvlen[1] = strlen(grant_key);
-	cmd.argv[2] = seconds;
-	cmd.argvlen[2] = strlen(seconds);
-	if (!redis_roundtrip(server, 1, &cmd, &reply, block_ms + redislock_command_timeout_ms, true, &err))
+	cmds[0].argc = 3;
+	cmds[0].argv[0] = "BLPOP";
+	cmds[0].argvlen[0] = 5;
+	cmds[0].argv[1] = grant_key;
+	cmds[0].argvlen[1] = strlen(grant_key);
+	cmds[0].argv[2] = seconds;
+	cmds[0].argvlen[2] = strlen(seconds);
+	ncmds = replicas_append_wait(cmds, NULL, 1);
+	if (!redis_roundtrip(server, ncmds, cmds, replies,
+						 block_ms + redislock_command_timeout_ms + replicas_extra_ms(), true, &err))
 	{
 		pfree(grant_key);
 
 		/*
-		 * The connection that carries our wake-up broke (CLIENT KILL, a proxy, a network blip). Our
-		 * place in the queue outlives it until the heartbeat lapses, and a grant meanwhile is
-		 * recorded in Redis: the caller re-checks on a new connection, and fails only if that fails
-		 * (and then release.c undoes the wait as soon as Redis can be reached).
+		 * The connection that carries our wake-up broke (CLIENT KILL, a proxy, a network blip, a
+		 * failover). Our place in the queue outlives it until the heartbeat lapses, and a grant
+		 * meanwhile is recorded in Redis: the caller re-checks on a new connection, and fails only if
+		 * that fails (and then release.c undoes the wait as soon as Redis can be reached).
 		 */
 		if (err.connection_lost)
 			return GRANT_CONNECTION_LOST;
@@ -195,9 +242,10 @@ wait_for_grant(const LockRef *ref, const char *acquisition, int block_ms, int64 
 	}
 	pfree(grant_key);
 
+	reply = replies[0];
 	if (reply->type == REDIS_REPLY_NIL)
 	{
-		freeReplyObject(reply);
+		redis_free_replies(ncmds, replies);
 		return GRANT_NOT_YET;
 	}
 	if (reply->type == REDIS_REPLY_ERROR)
@@ -219,7 +267,12 @@ wait_for_grant(const LockRef *ref, const char *acquisition, int block_ms, int64 
 	}
 	else
 		redis_error_malformed(server, "BLPOP answered with an unexpected shape", &err);
-	freeReplyObject(reply);
+	if (granted && ncmds > 1 && !replicas_acknowledged(server, replies[1], &err))
+	{
+		redis_free_replies(ncmds, replies);
+		undo_unacknowledged(ref, &err);
+	}
+	redis_free_replies(ncmds, replies);
 	if (!granted)
 		redis_raise(&err);
 	return GRANT_RECEIVED;
@@ -406,13 +459,14 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 /*
  * Check in one round trip that acquisitions[i] still owns refs[i] with tokens[i], and keep each for
  * keep_ms[i] more: the check before commit, and the lease keeper's renewal. kept[i] is 1 or 0. Returns
- * false with err set when Redis could not answer.
+ * false with err set when Redis could not answer, or (redislock.wait_replicas) too few replicas
+ * acknowledged the renewals.
  */
 bool
 lockop_verify_many(int n, const LockRef *refs, const char *const *acquisitions, const int64 *tokens,
 				   const int *keep_ms, int *kept, bool interruptible, RedisError *err)
 {
-	RedisCommand *cmds = palloc(n * sizeof(RedisCommand));
+	RedisCommand *cmds = palloc((n + 1) * sizeof(RedisCommand));	/* and WAIT */
 	LockKeys   *keys = palloc(n * sizeof(LockKeys));
 	char	  (*token_text)[24] = palloc(n * sizeof(*token_text));
 	char	  (*keep_text)[16] = palloc(n * sizeof(*keep_text));
@@ -431,7 +485,7 @@ lockop_verify_many(int n, const LockRef *refs, const char *const *acquisitions, 
 		script_command(&cmds[i], SCRIPT_VERIFY, &keys[i], 3, args);
 	}
 	ok = script_run_yes_no(server_for_call(interruptible), n, SCRIPT_VERIFY, cmds, kept,
-						   interruptible, err);
+						   redislock_wait_replicas > 0, interruptible, err);
 	for (int i = 0; i < n; i++)
 		names_lock_keys_free(&keys[i]);
 	pfree(keys);
@@ -453,7 +507,7 @@ lockop_force(const LockRef *ref)
 
 	names_lock_keys(ref, &keys);
 	script_command(&cmd, SCRIPT_FORCE, &keys, 0, NULL);
-	ok = script_run_yes_no(server_for_call(true), 1, SCRIPT_FORCE, &cmd, &broke, true, &err);
+	ok = script_run_yes_no(server_for_call(true), 1, SCRIPT_FORCE, &cmd, &broke, false, true, &err);
 	names_lock_keys_free(&keys);
 	if (!ok)
 		redis_raise(&err);

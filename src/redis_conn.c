@@ -14,16 +14,14 @@
  * Replies read so far live in the server's inbox, not on the caller's stack, so an ERROR thrown out of
  * the wait cannot leak them; the inbox is emptied when the connection is closed or reused.
  *
- * Only the primary server (redislock.host/port) exists today; the struct keeps everything per server so
- * that Sentinel, Cluster or a quorum of masters can add more.
+ * The bytes move through transport.c (a plain or TLS socket); hiredis reads the protocol. A server is
+ * one of two kinds: the data server that holds the locks (redislock.host/port, or the master that the
+ * Sentinels name: sentinel.c finds it each time we connect) and the Sentinel that sentinel.c asks. The
+ * struct keeps everything per server, so that Cluster or a quorum of masters can add more.
  */
 #include "redislock.h"
 
 #include <errno.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -35,8 +33,19 @@
 
 struct RedisServer
 {
+	RedisServerKind kind;
+	char		host[MAXPGPATH];	/* where it is now: a host, an address or a Unix socket path */
+	int			port;
 	char		name[MAXPGPATH + 16];	/* "host:port" or socket path, for messages */
-	redisContext *ctx;			/* NULL when not connected */
+	bool		connected;		/* sock is open (connected, or connecting while in flight) */
+	bool		broken;			/* an I/O error or EOF met on it: it cannot be kept */
+	bool		not_master;		/* it answered READONLY: replace it (Sentinel names the new master) */
+	Transport	sock;
+	redisReader *reader;		/* hiredis's protocol reader, one per connection */
+	char	   *out;			/* commands not written yet: out[out_sent..out_len) (malloc'd) */
+	size_t		out_len;
+	size_t		out_sent;
+	size_t		out_cap;
 	bool		in_flight;		/* a round trip started and did not finish */
 	int			in_flight_replies;	/* how many replies that round trip awaits; -1 while connecting */
 	bool		in_flight_blocking; /* it was a blocking command (BLPOP) */
@@ -51,15 +60,36 @@ struct RedisServer
 	int			unanswered;		/* replies owed to redis_send_unanswered, not read yet */
 };
 
-static RedisServer primary_server;
+static RedisServer primary_server = {.kind = SERVER_DATA};
+static RedisServer sentinel_server = {.kind = SERVER_SENTINEL};
 
 static void
 server_set_name(RedisServer *server)
 {
-	if (redislock_host[0] == '/')
-		snprintf(server->name, sizeof(server->name), "%s", redislock_host);
+	if (server->host[0] == '/')
+		snprintf(server->name, sizeof(server->name), "%s", server->host);
+	else if (strchr(server->host, ':') != NULL)
+		snprintf(server->name, sizeof(server->name), "[%s]:%d", server->host, server->port);
 	else
-		snprintf(server->name, sizeof(server->name), "%s:%d", redislock_host, redislock_port);
+		snprintf(server->name, sizeof(server->name), "%s:%d", server->host, server->port);
+}
+
+/* The data server's address from the settings, unless Sentinel names it when we connect. */
+static void
+server_set_configured_address(RedisServer *server)
+{
+	if (server->kind != SERVER_DATA || redislock_sentinels[0] != '\0')
+		return;
+	snprintf(server->host, sizeof(server->host), "%s", redislock_host);
+	server->port = redislock_port;
+	server_set_name(server);
+}
+
+/* How a server is named in messages: "host:port", or the socket path. */
+const char *
+redis_server_name(RedisServer *server)
+{
+	return server->name;
 }
 
 /*
@@ -78,11 +108,27 @@ redis_primary_server(void)
 	if (redislock_connection_settings_changed)
 	{
 		redis_disconnect(&primary_server);
+		transport_settings_changed();
 		redislock_connection_settings_changed = false;
 	}
-	if (primary_server.ctx == NULL)
-		server_set_name(&primary_server);
+	if (!primary_server.connected)
+		server_set_configured_address(&primary_server);
 	return &primary_server;
+}
+
+/*
+ * The connection to one Sentinel, for sentinel.c: the Sentinel at host:port, disconnected from any
+ * other first.
+ */
+RedisServer *
+redis_sentinel_server(const char *host, int port)
+{
+	if (sentinel_server.connected && (strcmp(sentinel_server.host, host) != 0 || sentinel_server.port != port))
+		redis_disconnect(&sentinel_server);
+	snprintf(sentinel_server.host, sizeof(sentinel_server.host), "%s", host);
+	sentinel_server.port = port;
+	server_set_name(&sentinel_server);
+	return &sentinel_server;
 }
 
 static void inbox_reserve(RedisServer *server, int n);
@@ -118,15 +164,15 @@ guarded_create_array(const redisReadTask *task, int elements)
 }
 
 static void
-guard_reader(redisContext *ctx)
+guard_reader(redisReader *reader)
 {
 	if (hiredis_create_array == NULL)
 	{
-		guarded_functions = *ctx->reader->fn;
+		guarded_functions = *reader->fn;
 		hiredis_create_array = guarded_functions.createArray;
 		guarded_functions.createArray = guarded_create_array;
 	}
-	ctx->reader->fn = &guarded_functions;
+	reader->fn = &guarded_functions;
 }
 
 /* Close the connection, if any, and drop whatever it was in the middle of. */
@@ -139,12 +185,20 @@ redis_disconnect(RedisServer *server)
 		FreeWaitEventSet(server->waits);
 		server->waits = NULL;
 	}
-	if (server->ctx != NULL)
+	if (server->reader != NULL)
 	{
-		redisFree(server->ctx);
-		server->ctx = NULL;
+		redisReaderFree(server->reader);
+		server->reader = NULL;
+	}
+	if (server->connected)
+	{
+		transport_close(&server->sock);
+		server->connected = false;
 		ReleaseExternalFD();
 	}
+	server->out_len = server->out_sent = 0;
+	server->broken = false;
+	server->not_master = false;
 	server->in_flight = false;
 	server->timed_out_at = 0;
 	server->unanswered = 0;
@@ -161,13 +215,9 @@ redis_free_replies(int n, redisReply **replies)
 	}
 }
 
-static void
-set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
-pg_attribute_printf(4, 5);
-
 /* err says fmt..., with hint (NULL: none); no detail. */
-static void
-set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
+void
+redis_error_set(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
 {
 	va_list		args;
 
@@ -179,6 +229,8 @@ set_error(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
 	err->detail[0] = '\0';
 	err->timed_out = false;
 }
+
+#define set_error redis_error_set
 
 static long
 ms_until(TimestampTz deadline)
@@ -217,7 +269,7 @@ create_wait_set(RedisServer *server)
 	AddWaitEventToSet(server->waits, WL_POSTMASTER_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	server->socket_events = WL_SOCKET_WRITEABLE;
 	server->socket_event_pos = AddWaitEventToSet(server->waits, server->socket_events,
-												 server->ctx->fd, NULL, NULL);
+												 server->sock.fd, NULL, NULL);
 }
 
 /*
@@ -260,22 +312,33 @@ wait_for_socket(RedisServer *server, int events, TimestampTz deadline, bool inte
 	}
 }
 
-/* Send what the context has buffered, within the deadline. */
+/* Send what is buffered for the server, within the deadline. */
 static bool
 flush_output(RedisServer *server, TimestampTz deadline, bool interruptible, RedisError *err)
 {
-	int			done = 0;
-
-	while (!done)
+	while (server->out_sent < server->out_len)
 	{
-		if (redisBufferWrite(server->ctx, &done) == REDIS_ERR)
+		TransportStatus st;
+		char		why[256];
+		ssize_t		n = transport_write(&server->sock, server->out + server->out_sent,
+										server->out_len - server->out_sent, &st, why, sizeof(why));
+
+		if (n > 0)
 		{
+			server->out_sent += n;
+			continue;
+		}
+		if (st == TRANSPORT_ERROR || st == TRANSPORT_EOF)
+		{
+			server->broken = true;
 			set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
-					  "lost connection to Redis at %s: %s", server->name, server->ctx->errstr);
+					  "lost connection to Redis at %s: %s", server->name,
+					  st == TRANSPORT_EOF ? "server closed the connection" : why);
 			err->connection_lost = true;
 			return false;
 		}
-		if (!done && !wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
+		if (!wait_for_socket(server, st == TRANSPORT_WANT_READ ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE,
+							 deadline, interruptible))
 		{
 			set_error(err, ERRCODE_CONNECTION_FAILURE,
 					  "Check that Redis is running and not overloaded, or raise redislock.command_timeout.",
@@ -284,7 +347,56 @@ flush_output(RedisServer *server, TimestampTz deadline, bool interruptible, Redi
 			return false;
 		}
 	}
+	server->out_len = server->out_sent = 0;
 	return true;
+}
+
+/*
+ * Read what the socket has into the protocol reader. False with err set when the connection broke,
+ * or when the deadline passed with nothing to read.
+ */
+static bool
+feed_reader(RedisServer *server, TimestampTz deadline, int timeout_ms, bool interruptible, RedisError *err)
+{
+	int			events = WL_SOCKET_READABLE;
+
+	for (;;)
+	{
+		char		buf[16 * 1024];
+		char		why[256];
+		TransportStatus st;
+		ssize_t		n;
+
+		/* under TLS, bytes already taken off the socket may wait inside OpenSSL */
+		if (!transport_has_buffered(&server->sock) &&
+			!wait_for_socket(server, events, deadline, interruptible))
+		{
+			set_error(err, ERRCODE_CONNECTION_FAILURE,
+					  "Check that Redis is running and not overloaded, or raise redislock.command_timeout.",
+					  "Redis at %s did not answer within %d ms", server->name, timeout_ms);
+			err->timed_out = true;
+			return false;
+		}
+		n = transport_read(&server->sock, buf, sizeof(buf), &st, why, sizeof(why));
+		if (n > 0)
+		{
+			if (redisReaderFeed(server->reader, buf, n) != REDIS_OK)
+				elog(ERROR, "out of memory while reading from Redis");
+			return true;
+		}
+		if (st == TRANSPORT_WANT_READ || st == TRANSPORT_WANT_WRITE)
+		{
+			/* not a whole TLS record yet, or TLS must write first */
+			events = st == TRANSPORT_WANT_READ ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
+			continue;
+		}
+		server->broken = true;
+		set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
+				  "lost connection to Redis at %s: %s", server->name,
+				  st == TRANSPORT_EOF ? "server closed the connection" : why);
+		err->connection_lost = true;
+		return false;
+	}
 }
 
 /* Read n replies into the inbox, within the deadline. */
@@ -297,15 +409,16 @@ read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, b
 		void	   *reply = NULL;
 
 		refused_elements = 0;
-		if (redisGetReplyFromReader(server->ctx, &reply) == REDIS_ERR)
+		if (redisReaderGetReply(server->reader, &reply) == REDIS_ERR)
 		{
+			server->broken = true;
 			if (refused_elements != 0)
 				set_error(err, ERRCODE_PROTOCOL_VIOLATION, NULL,
 						  "invalid reply from Redis at %s: an array of %d elements", server->name,
 						  refused_elements);
 			else
 				set_error(err, ERRCODE_PROTOCOL_VIOLATION, NULL,
-						  "invalid reply from Redis at %s: %s", server->name, server->ctx->errstr);
+						  "invalid reply from Redis at %s: %s", server->name, server->reader->errstr);
 			return false;
 		}
 		if (reply != NULL)
@@ -313,23 +426,8 @@ read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, b
 			server->inbox[server->inbox_len++] = reply;
 			continue;
 		}
-		if (!wait_for_socket(server, WL_SOCKET_READABLE, deadline, interruptible))
-		{
-			set_error(err, ERRCODE_CONNECTION_FAILURE,
-					  "Check that Redis is running and not overloaded, or raise redislock.command_timeout.",
-					  "Redis at %s did not answer within %d ms", server->name, timeout_ms);
-			err->timed_out = true;
+		if (!feed_reader(server, deadline, timeout_ms, interruptible, err))
 			return false;
-		}
-		if (redisBufferRead(server->ctx) == REDIS_ERR)
-		{
-			set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
-					  "lost connection to Redis at %s: %s", server->name,
-					  server->ctx->err == REDIS_ERR_EOF ? "server closed the connection" :
-					  server->ctx->errstr);
-			err->connection_lost = true;
-			return false;
-		}
 	}
 	return true;
 }
@@ -359,14 +457,49 @@ inbox_reserve(RedisServer *server, int n)
 	server->inbox_cap = n;
 }
 
-/* Append commands to the context's output buffer (hiredis copies the arguments). */
+/* Room for len more bytes of output; false when out of memory (malloc: callbacks may not palloc). */
+static bool
+output_reserve(RedisServer *server, size_t len)
+{
+	if (server->out_sent > 0 && server->out_sent == server->out_len)
+		server->out_len = server->out_sent = 0;
+	if (server->out_len + len > server->out_cap)
+	{
+		size_t		cap = Max(server->out_cap * 2, server->out_len + len + 1024);
+		char	   *grown = realloc(server->out, cap);
+
+		if (grown == NULL)
+			return false;
+		server->out = grown;
+		server->out_cap = cap;
+	}
+	return true;
+}
+
+static bool
+output_append(RedisServer *server, const char *buf, size_t len)
+{
+	if (!output_reserve(server, len))
+		return false;
+	memcpy(server->out + server->out_len, buf, len);
+	server->out_len += len;
+	return true;
+}
+
+/* Append commands to the server's output buffer, in the wire format. */
 static void
 append_commands(RedisServer *server, int ncmds, const RedisCommand *cmds)
 {
 	for (int i = 0; i < ncmds; i++)
 	{
-		if (redisAppendCommandArgv(server->ctx, cmds[i].argc,
-								   (const char **) cmds[i].argv, cmds[i].argvlen) != REDIS_OK)
+		char	   *wire = NULL;
+		int			len = redisFormatCommandArgv(&wire, cmds[i].argc, (const char **) cmds[i].argv,
+												 cmds[i].argvlen);
+		bool		ok = len > 0 && output_append(server, wire, len);
+
+		if (wire != NULL)
+			redisFreeCommand(wire);
+		if (!ok)
 			elog(ERROR, "out of memory while formatting a Redis command");
 	}
 }
@@ -406,98 +539,217 @@ warn_if_evicting(RedisServer *server, const redisReply *info)
 			 errhint("Set maxmemory-policy noeviction on that Redis, or turn on redislock.verify_at_commit.")));
 }
 
+/* The hint for a connection to this server that could not be made. */
+static const char *
+connect_hint(RedisServer *server)
+{
+	if (server->kind == SERVER_SENTINEL)
+		return "Check redislock.sentinels, and that the Sentinels are running.";
+	if (redislock_sentinels[0] != '\0')
+		return "Sentinel named this server as the master; check that it is running.";
+	return "Check redislock.host and redislock.port, and that Redis is running.";
+}
+
+/* AUTH with the credentials of the server's kind into c, if a password is set. */
+static bool
+auth_command(RedisServer *server, RedisCommand *c)
+{
+	const char *user = server->kind == SERVER_SENTINEL ? redislock_sentinel_username : redislock_username;
+	const char *password = server->kind == SERVER_SENTINEL ? redislock_sentinel_password : redislock_password;
+
+	if (password[0] == '\0')
+		return false;
+	c->argc = 0;
+	c->argv[c->argc] = "AUTH";
+	c->argvlen[c->argc++] = 4;
+	if (user[0] != '\0')
+	{
+		c->argv[c->argc] = user;
+		c->argvlen[c->argc++] = strlen(user);
+	}
+	c->argv[c->argc] = password;
+	c->argvlen[c->argc++] = strlen(password);
+	return true;
+}
+
+static void
+simple_command(RedisCommand *c, const char *name, const char *arg)
+{
+	c->argc = 0;
+	c->argv[c->argc] = name;
+	c->argvlen[c->argc++] = strlen(name);
+	if (arg != NULL)
+	{
+		c->argv[c->argc] = arg;
+		c->argvlen[c->argc++] = strlen(arg);
+	}
+}
+
+/* Whether ROLE's answer says master; *role is what it says (for a message). */
+static bool
+role_is_master(const redisReply *reply, char *role, size_t len)
+{
+	snprintf(role, len, "unknown");
+	if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+		(reply->element[0]->type != REDIS_REPLY_STRING && reply->element[0]->type != REDIS_REPLY_STATUS))
+		return false;
+	snprintf(role, len, "%.*s", (int) Min(reply->element[0]->len, 32), reply->element[0]->str);
+	return strcmp(role, "master") == 0;
+}
+
 /*
- * What follows connecting, in one round trip: AUTH and SELECT when the settings ask for them, and INFO
- * memory for the eviction policy.
+ * What follows connecting, in one round trip: AUTH when a password is set; for the data server, SELECT
+ * when redislock.database asks for it, ROLE when Sentinel named it (it must be a master: Sentinel may
+ * lag behind a failover), and INFO memory for the eviction policy.
  */
 static bool
 handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisError *err)
 {
-	RedisCommand cmds[3];
+	RedisCommand cmds[4];
 	int			n = 0;
+	int			role_at = -1;
+	int			info_at = -1;
 	char		db[16];
-	RedisCommand *c;
+	char		role[40];
 
-	if (redislock_password[0] != '\0')
+	if (auth_command(server, &cmds[n]))
+		n++;
+	if (server->kind == SERVER_DATA)
 	{
-		c = &cmds[n++];
-		c->argc = 0;
-		c->argv[c->argc] = "AUTH";
-		c->argvlen[c->argc++] = 4;
-		if (redislock_username[0] != '\0')
+		if (redislock_database != 0)
 		{
-			c->argv[c->argc] = redislock_username;
-			c->argvlen[c->argc++] = strlen(redislock_username);
+			snprintf(db, sizeof(db), "%d", redislock_database);
+			simple_command(&cmds[n++], "SELECT", db);
 		}
-		c->argv[c->argc] = redislock_password;
-		c->argvlen[c->argc++] = strlen(redislock_password);
+		if (redislock_sentinels[0] != '\0')
+		{
+			role_at = n;
+			simple_command(&cmds[n++], "ROLE", NULL);
+		}
+		info_at = n;
+		simple_command(&cmds[n++], "INFO", "memory");
 	}
-	if (redislock_database != 0)
-	{
-		c = &cmds[n++];
-		snprintf(db, sizeof(db), "%d", redislock_database);
-		c->argc = 2;
-		c->argv[0] = "SELECT";
-		c->argvlen[0] = 6;
-		c->argv[1] = db;
-		c->argvlen[1] = strlen(db);
-	}
-	c = &cmds[n++];
-	c->argc = 2;
-	c->argv[0] = "INFO";
-	c->argvlen[0] = 4;
-	c->argv[1] = "memory";
-	c->argvlen[1] = 6;
+	if (n == 0)
+		return true;
 
 	inbox_reserve(server, n);
 	append_commands(server, n, cmds);
 	if (!flush_output(server, deadline, interruptible, err) ||
 		!read_replies(server, n, deadline, redislock_connect_timeout_ms, interruptible, err))
-		return false;
-	for (int i = 0; i < n - 1; i++)
 	{
-		if (server->inbox[i]->type == REDIS_REPLY_ERROR)
+		/*
+		 * A TLS server drops a client that speaks plain text at once; under TLS 1.3 a server that
+		 * wants a client certificate says so only after the handshake, when it ends the connection.
+		 */
+		if (err->connection_lost && redislock_sslmode == REDIS_SSL_DISABLE)
+			set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+					  "If that port expects TLS (Redis's tls-port), set redislock.sslmode.",
+					  "could not connect to Redis at %s: the server closed the connection before answering",
+					  server->name);
+		else if (err->connection_lost)
+		{
+			char		why[sizeof(err->message)];
+			const char *colon = strstr(err->message, ": ");
+
+			snprintf(why, sizeof(why), "%s", colon ? colon + 2 : err->message);
+			set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+					  "If Redis asks for client certificates (tls-auth-clients), set redislock.sslcert and redislock.sslkey.",
+					  "could not connect to Redis at %s: the server ended the TLS connection (%s)",
+					  server->name, why);
+		}
+		return false;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		if (i != info_at && server->inbox[i]->type == REDIS_REPLY_ERROR)
 		{
 			redis_error_from_reply(server, server->inbox[i], err);
 			return false;
 		}
 	}
-	warn_if_evicting(server, server->inbox[n - 1]);
+	if (role_at >= 0 && !role_is_master(server->inbox[role_at], role, sizeof(role)))
+	{
+		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+				  "Sentinel may be in the middle of a failover: retry in a moment.",
+				  "Redis at %s, named master \"%s\" by Sentinel, is not a master (its role is %s)",
+				  server->name, redislock_sentinel_master, role);
+		return false;
+	}
+	if (info_at >= 0)
+		warn_if_evicting(server, server->inbox[info_at]);
 	inbox_clear(server);
 	return true;
 }
 
-/* Whether host is an IPv4 or IPv6 address or a Unix socket path, which need no resolving. */
+/* The TLS handshake on a connected socket, within the deadline. */
 static bool
-host_is_address(const char *host)
+tls_handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisError *err)
 {
-	unsigned char buf[sizeof(struct in6_addr)];
+	for (;;)
+	{
+		char		why[256];
+		bool		certificate_problem;
+		TransportStatus st = transport_tls_step(&server->sock, server->host, why, sizeof(why),
+												&certificate_problem);
 
-	return host[0] == '/' || inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+		if (st == TRANSPORT_DONE)
+			return true;
+		if (st != TRANSPORT_WANT_READ && st != TRANSPORT_WANT_WRITE)
+		{
+			const char *hint = "Check redislock.sslmode, redislock.sslcert and redislock.sslkey against Redis's TLS settings.";
+
+			if (certificate_problem)
+				hint = "Check redislock.sslrootcert (the authority that signed the server's certificate) and, for verify-full, that the certificate names the host redislock connects to.";
+			else if (strstr(why, "wrong version number") != NULL || strstr(why, "record") != NULL)
+				hint = "The server may not speak TLS on that port: check redislock.port (Redis's tls-port) and redislock.sslmode.";
+			set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, hint,
+					  "could not connect to Redis at %s: %s", server->name, why);
+			return false;
+		}
+		if (!wait_for_socket(server, st == TRANSPORT_WANT_READ ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE,
+							 deadline, interruptible))
+		{
+			set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+					  "The server may not speak TLS on that port: check redislock.port (Redis's tls-port) and redislock.sslmode, or raise redislock.connect_timeout.",
+					  "could not connect to Redis at %s: the TLS handshake did not finish within %d ms",
+					  server->name, redislock_connect_timeout_ms);
+			err->timed_out = true;
+			return false;
+		}
+	}
 }
 
-/* Connect within redislock.connect_timeout; on failure the server stays disconnected. */
+/*
+ * Connect within redislock.connect_timeout (after Sentinel, if configured, named the master); on
+ * failure the server stays disconnected.
+ */
 static bool
 server_connect(RedisServer *server, bool interruptible, RedisError *err)
 {
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   redislock_connect_timeout_ms);
-	int			sockerr = 0;
-	socklen_t	len = sizeof(sockerr);
+	TimestampTz deadline;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	HeldInterrupts held;
+	char		why[256];
 
+	if (server->kind == SERVER_DATA && redislock_sentinels[0] != '\0')
+	{
+		if (!sentinel_locate_master(server->host, sizeof(server->host), &server->port, interruptible, err))
+			return false;
+	}
+	else
+		server_set_configured_address(server);
 	server_set_name(server);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), redislock_connect_timeout_ms);
 
 	/*
-	 * hiredis resolves a host name before its non-blocking connect, with no time bound; a commit or
-	 * abort callback (interrupts held, not interruptible) must not wait on a resolver. Such a call
-	 * leaves its work owed to the next interruptible one.
+	 * A host name is resolved before the non-blocking connect, with no time bound; a commit or abort
+	 * callback (interrupts held, not interruptible) must not wait on a resolver. Such a call leaves its
+	 * work owed to the next interruptible one.
 	 */
-	if (!interruptible && !host_is_address(redislock_host))
+	if (!interruptible && !transport_host_is_address(server->host))
 	{
 		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-				  "Set redislock.host to an address, which needs no resolving.",
+				  "Name Redis (and the Sentinels) by address, which needs no resolving.",
 				  "could not connect to Redis at %s: not resolving a host name at the end of a transaction",
 				  server->name);
 		return false;
@@ -508,32 +760,30 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 				  "could not connect to Redis at %s: too many open files", server->name);
 		return false;
 	}
-	if (redislock_host[0] == '/')
-		server->ctx = redisConnectUnixNonBlock(redislock_host);
-	else
-		server->ctx = redisConnectNonBlock(redislock_host, redislock_port);
-	if (server->ctx == NULL)
+	if (!transport_open(&server->sock, server->host, server->port, why, sizeof(why)))
 	{
 		ReleaseExternalFD();
+		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, connect_hint(server),
+				  "could not connect to Redis at %s: %s", server->name, why);
+		return false;
+	}
+	server->connected = true;
+	server->broken = false;
+	server->reader = redisReaderCreate();
+	if (server->reader == NULL)
+	{
+		redis_disconnect(server);
 		set_error(err, ERRCODE_OUT_OF_MEMORY, NULL,
 				  "could not connect to Redis at %s: out of memory", server->name);
 		return false;
 	}
-	if (server->ctx->err)
-	{
-		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-				  "Check redislock.host and redislock.port, and that Redis is running.",
-				  "could not connect to Redis at %s: %s", server->name, server->ctx->errstr);
-		redis_disconnect(server);
-		return false;
-	}
-	guard_reader(server->ctx);
+	guard_reader(server->reader);
 
 	/*
-	 * hiredis started a non-blocking connect; it is done when the socket is writable. Until the
-	 * handshake is over the connection counts as in flight and connecting, so that an interrupt or
-	 * an error anywhere in between makes the next call start afresh. Creating the wait set can fail
-	 * (out of file descriptors); in a commit or abort callback that must not become an ERROR.
+	 * The connect is done when the socket is writable. Until the handshake is over the connection
+	 * counts as in flight and connecting, so that an interrupt or an error anywhere in between makes
+	 * the next call start afresh. Creating the wait set can fail (out of file descriptors); in a
+	 * commit or abort callback that must not become an ERROR.
 	 */
 	server->in_flight = true;
 	server->in_flight_replies = -1;
@@ -561,27 +811,22 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	if (!wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
 	{
 		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+				  server->kind == SERVER_SENTINEL ? connect_hint(server) :
 				  "Check redislock.host and redislock.port, or raise redislock.connect_timeout.",
 				  "could not connect to Redis at %s: timed out after %d ms",
 				  server->name, redislock_connect_timeout_ms);
 		redis_disconnect(server);
 		return false;
 	}
-	if (getsockopt(server->ctx->fd, SOL_SOCKET, SO_ERROR, &sockerr, &len) < 0)
-		sockerr = errno;
-	if (sockerr != 0)
+	if (!transport_connected(&server->sock, why, sizeof(why)))
 	{
-		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-				  "Check redislock.host and redislock.port, and that Redis is running.",
-				  "could not connect to Redis at %s: %s", server->name, strerror(sockerr));
+		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, connect_hint(server),
+				  "could not connect to Redis at %s: %s", server->name, why);
 		redis_disconnect(server);
 		return false;
 	}
-	/* TCP keepalive notices a peer that vanished; it does not apply to (and fails on) Unix sockets */
-	if (redislock_host[0] != '/')
-		redisEnableKeepAlive(server->ctx);
-
-	if (!handshake(server, deadline, interruptible, err))
+	if ((redislock_sslmode != REDIS_SSL_DISABLE && !tls_handshake(server, deadline, interruptible, err)) ||
+		!handshake(server, deadline, interruptible, err))
 	{
 		redis_disconnect(server);
 		return false;
@@ -611,15 +856,10 @@ redis_connection_epoch(RedisServer *server)
 bool
 redis_connection_intact(RedisServer *server, uint64 epoch)
 {
-	struct pollfd pfd;
-
-	if (server->ctx == NULL || server->in_flight || server->unanswered > 0 ||
-		server->connections != epoch)
+	if (!server->connected || server->in_flight || server->unanswered > 0 ||
+		server->connections != epoch || server->not_master)
 		return false;
-	pfd.fd = server->ctx->fd;
-	pfd.events = POLLIN;
-	pfd.revents = 0;
-	return poll(&pfd, 1, 0) == 0;
+	return transport_idle_intact(&server->sock);
 }
 
 /*
@@ -664,7 +904,7 @@ settle_interrupted(RedisServer *server)
 	int			wait_ms = Min(redislock_command_timeout_ms, 200);
 
 	/* cut short while connecting (no AUTH or SELECT yet), or in a BLPOP: start afresh */
-	if (server->ctx == NULL || server->in_flight_replies < 0 || server->in_flight_blocking)
+	if (!server->connected || server->in_flight_replies < 0 || server->in_flight_blocking)
 	{
 		redis_disconnect(server);
 		return;
@@ -676,7 +916,7 @@ settle_interrupted(RedisServer *server)
 		inbox_clear(server);
 		server->in_flight = false;
 	}
-	else if (server->ctx->err == 0 && GetCurrentTimestamp() >= deadline)
+	else if (!server->broken && GetCurrentTimestamp() >= deadline)
 		server->timed_out_at = GetCurrentTimestamp();
 	else
 		redis_disconnect(server);
@@ -694,6 +934,25 @@ take_replies(RedisServer *server, int n, redisReply **replies)
 		server->inbox[i] = NULL;
 	}
 	server->inbox_len = 0;
+}
+
+/*
+ * Connect now if there is no usable connection, so that a caller can tell "not sent" from "maybe
+ * sent" even when an interrupt ends the connecting: a lock call marks itself as maybe sent (to be
+ * undone) only once this returned. A connection busy with something else is left to redis_roundtrip.
+ */
+bool
+redis_ensure_connected(RedisServer *server, bool interruptible, RedisError *err)
+{
+	err->sent = false;
+	err->connection_lost = false;
+	err->timed_out = false;
+	if (server->connected && (server->in_flight || server->unanswered > 0 ||
+							  redis_connection_intact(server, server->connections)))
+		return true;
+	if (server->connected)
+		redis_disconnect(server);
+	return server_connect(server, interruptible, err);
 }
 
 /*
@@ -741,11 +1000,11 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	 * An idle connection whose socket is readable was closed by the server (a restart, CLIENT KILL,
 	 * timeout): replace it now rather than fail on it. One poll(), no round trip.
 	 */
-	if (server->in_flight || (server->ctx != NULL &&
+	if (server->in_flight || (server->connected &&
 							  !redis_connection_intact(server, server->connections)))
 		redis_disconnect(server);
 	inbox_clear(server);
-	if (server->ctx == NULL && !server_connect(server, interruptible, err))
+	if (!server->connected && !server_connect(server, interruptible, err))
 		return false;
 
 	inbox_reserve(server, ncmds);
@@ -753,13 +1012,13 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	server->in_flight = true;
 	server->in_flight_replies = ncmds;
-	server->in_flight_blocking = ncmds == 1 && strcmp(cmds[0].argv[0], "BLPOP") == 0;
+	server->in_flight_blocking = strcmp(cmds[0].argv[0], "BLPOP") == 0;
 	err->sent = true;
 	append_commands(server, ncmds, cmds);
 	if (!flush_output(server, deadline, interruptible, err) ||
 		!read_replies(server, ncmds, deadline, timeout_ms, interruptible, err))
 	{
-		if (server->ctx != NULL && server->ctx->err == 0 && GetCurrentTimestamp() >= deadline)
+		if (server->connected && !server->broken && GetCurrentTimestamp() >= deadline)
 		{
 			/* keep the stalled connection: see send_behind_stalled */
 			server->timed_out_at = GetCurrentTimestamp();
@@ -789,14 +1048,14 @@ redis_send_unanswered(RedisServer *server, int ncmds, const RedisFormatted *cmds
 	err->sent = false;
 	err->connection_lost = false;
 	err->timed_out = false;
-	if (server->ctx == NULL || server->in_flight || server->timed_out_at != 0 ||
+	if (!server->connected || server->in_flight || server->timed_out_at != 0 ||
 		redislock_connection_settings_changed ||
 		(server->unanswered == 0 && !redis_connection_intact(server, server->connections)))
 		return false;
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), redislock_command_timeout_ms);
 	for (int i = 0; i < ncmds; i++)
 	{
-		if (redisAppendFormattedCommand(server->ctx, cmds[i].buf, cmds[i].len) != REDIS_OK)
+		if (!output_append(server, cmds[i].buf, cmds[i].len))
 		{
 			/* out of memory in hiredis: the buffer may hold part of a command */
 			set_error(err, ERRCODE_OUT_OF_MEMORY, NULL,
@@ -839,7 +1098,7 @@ redis_read_unanswered(RedisServer *server, redisReply **replies, bool interrupti
 	err->sent = true;
 	err->connection_lost = false;
 	err->timed_out = false;
-	Assert(server->ctx != NULL && !server->in_flight);
+	Assert(server->connected && !server->in_flight);
 	inbox_clear(server);
 	inbox_reserve(server, n);
 	server->unanswered = 0;
@@ -848,7 +1107,7 @@ redis_read_unanswered(RedisServer *server, redisReply **replies, bool interrupti
 	server->in_flight_blocking = false;
 	if (!read_replies(server, n, deadline, redislock_command_timeout_ms, interruptible, err))
 	{
-		if (server->ctx != NULL && server->ctx->err == 0 && GetCurrentTimestamp() >= deadline)
+		if (server->connected && !server->broken && GetCurrentTimestamp() >= deadline)
 			server->timed_out_at = GetCurrentTimestamp();
 		else
 			redis_disconnect(server);
@@ -897,9 +1156,16 @@ redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError 
 #define REPLY_STARTS(prefix) (strncmp(s, prefix, strlen(prefix)) == 0)
 	if (REPLY_STARTS("NOAUTH") || REPLY_STARTS("WRONGPASS") || REPLY_STARTS("ERR invalid password") ||
 		REPLY_STARTS("ERR AUTH"))
-		set_error(err, ERRCODE_INVALID_PASSWORD,
-				  "Check redislock.username and redislock.password.",
-				  "Redis at %s refused authentication", server->name);
+	{
+		if (server->kind == SERVER_SENTINEL)
+			set_error(err, ERRCODE_INVALID_PASSWORD,
+					  "Check redislock.sentinel_username and redislock.sentinel_password.",
+					  "Sentinel at %s refused authentication", server->name);
+		else
+			set_error(err, ERRCODE_INVALID_PASSWORD,
+					  "Check redislock.username and redislock.password.",
+					  "Redis at %s refused authentication", server->name);
+	}
 	else if (reply_is_acl_denial(s))
 	{
 		set_error(err, ERRCODE_INSUFFICIENT_PRIVILEGE, NULL,
@@ -913,9 +1179,15 @@ redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError 
 				  "Raise Redis's maxmemory or free memory there.",
 				  "Redis at %s is out of memory", server->name);
 	else if (REPLY_STARTS("READONLY"))
+	{
+		/* a master demoted under us: the next call replaces the connection (and asks Sentinel) */
+		server->not_master = true;
 		set_error(err, ERRCODE_READ_ONLY_SQL_TRANSACTION,
+				  redislock_sentinels[0] != '\0' ?
+				  "Sentinel is moving the master: the next call connects to the new one." :
 				  "Point redislock.host and redislock.port at the master.",
 				  "Redis at %s is a read-only replica", server->name);
+	}
 	else if (REPLY_STARTS("LOADING") || REPLY_STARTS("BUSY") || REPLY_STARTS("MASTERDOWN") ||
 			 REPLY_STARTS("TRYAGAIN") || REPLY_STARTS("CLUSTERDOWN"))
 		set_error(err, ERRCODE_CANNOT_CONNECT_NOW, "Retry when Redis is ready.",

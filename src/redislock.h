@@ -6,6 +6,10 @@
  *	redislock.c		module entry point (_PG_init)
  *	settings.c		the redislock.* settings (redislock_*)
  *	redis_conn.c	Redis connections and their interruptible, time-bounded I/O (redis_*)
+ *	transport.c		the socket under a connection, plain or TLS: connect, handshake, read, write
+ *					(transport_*)
+ *	sentinel.c		finding the master through Redis Sentinel (sentinel_*)
+ *	replicas.c		confirming an acquisition or renewal with WAIT (replicas_*)
  *	names.c			every name redislock uses in Redis: the keys of a lock, the ids of its holders (names_*)
  *	scripts.c		the Lua scripts (embedded at build time), EVALSHA with NOSCRIPT fallback (script_*)
  *	lock_ops.c		taking a lock in Redis: try, wait in the FIFO queue; verify; inspect; force (lockop_*)
@@ -20,8 +24,10 @@
  *	stats.c			server-wide counters, summed from per-process slots (stats_*)
  *
  * Calls go one way, with no cycle between files: sql_api → xact → lock_ops → release → scripts,
- * names → redis_conn; sql_api and xact also call lock_table (→ registry, release) and release
- * directly; keeper → registry, lock_ops.
+ * names → redis_conn → transport; sql_api and xact also call lock_table (→ registry, release) and
+ * release directly; keeper → registry, lock_ops; lock_ops → replicas. One exception: redis_conn asks
+ * sentinel where the master is when it connects, and sentinel asks the Sentinels through redis_conn's
+ * connections of the other kind (SERVER_SENTINEL), which never ask sentinel again.
  */
 #ifndef REDISLOCK_H
 #define REDISLOCK_H
@@ -129,6 +135,25 @@ extern char *redislock_key_prefix;
 extern bool redislock_synchronous_release;
 extern bool redislock_verify_at_commit;
 extern bool redislock_log_lock_waits;
+extern int	redislock_sslmode;
+extern char *redislock_sslrootcert;
+extern char *redislock_sslcert;
+extern char *redislock_sslkey;
+extern char *redislock_sentinels;
+extern char *redislock_sentinel_master;
+extern char *redislock_sentinel_username;
+extern char *redislock_sentinel_password;
+extern int	redislock_wait_replicas;
+extern int	redislock_wait_replicas_timeout_ms;
+
+/* redislock.sslmode, in the order of the checks each one adds */
+typedef enum RedisSslMode
+{
+	REDIS_SSL_DISABLE,
+	REDIS_SSL_REQUIRE,
+	REDIS_SSL_VERIFY_CA,
+	REDIS_SSL_VERIFY_FULL
+} RedisSslMode;
 
 /* How long a wait lasts before redislock.log_lock_waits logs it (PostgreSQL's deadlock_timeout default). */
 #define REDISLOCK_LOG_WAIT_AFTER_MS 1000
@@ -137,6 +162,38 @@ extern void redislock_define_settings(void);
 
 /* Longest any one timeout setting may be: sums of a few of them never overflow an int. */
 #define REDISLOCK_TIMEOUT_MAX_MS (3600 * 1000)
+
+/* transport.c */
+typedef struct Transport
+{
+	int			fd;				/* -1 when closed */
+	struct ssl_st *ssl;			/* the TLS session, or NULL for plain text */
+	bool		unix_socket;
+} Transport;
+
+/* What a transport step did, or the socket event it waits for. */
+typedef enum TransportStatus
+{
+	TRANSPORT_DONE,
+	TRANSPORT_WANT_READ,
+	TRANSPORT_WANT_WRITE,
+	TRANSPORT_EOF,
+	TRANSPORT_ERROR
+} TransportStatus;
+
+extern bool transport_host_is_address(const char *host);
+extern bool transport_open(Transport *t, const char *host, int port, char *errbuf, size_t errlen);
+extern bool transport_connected(Transport *t, char *errbuf, size_t errlen);
+extern TransportStatus transport_tls_step(Transport *t, const char *host, char *errbuf, size_t errlen,
+										  bool *certificate_problem);
+extern ssize_t transport_read(Transport *t, char *buf, size_t len, TransportStatus *st,
+							  char *errbuf, size_t errlen);
+extern ssize_t transport_write(Transport *t, const char *buf, size_t len, TransportStatus *st,
+							   char *errbuf, size_t errlen);
+extern bool transport_has_buffered(Transport *t);
+extern bool transport_idle_intact(Transport *t);
+extern void transport_close(Transport *t);
+extern void transport_settings_changed(void);
 
 /* redis_conn.c */
 #define REDIS_MAX_ARGS 12
@@ -170,8 +227,18 @@ typedef struct RedisError
 
 typedef struct RedisServer RedisServer;
 
+/* The data server holds the locks; a Sentinel only says where the master is. */
+typedef enum RedisServerKind
+{
+	SERVER_DATA,
+	SERVER_SENTINEL
+} RedisServerKind;
+
 extern RedisServer *redis_primary_server(void);
+extern RedisServer *redis_sentinel_server(const char *host, int port);
+extern const char *redis_server_name(RedisServer *server);
 extern RedisServer *redis_primary_server_as_is(void);
+extern bool redis_ensure_connected(RedisServer *server, bool interruptible, RedisError *err);
 extern bool redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds,
 							redisReply **replies, int timeout_ms, bool interruptible,
 							RedisError *err);
@@ -185,12 +252,19 @@ extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);
 extern uint64 redis_connection_epoch(RedisServer *server);
 extern bool redis_connection_intact(RedisServer *server, uint64 epoch);
+extern void redis_error_set(RedisError *err, int sqlstate, const char *hint, const char *fmt,...)
+			pg_attribute_printf(4, 5);
 extern void redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError *err);
 extern void redis_error_malformed(RedisServer *server, const char *what, RedisError *err);
 extern void redis_raise(const RedisError *err) pg_attribute_noreturn();
 extern void redis_warn(const RedisError *err, const char *context);
 extern const char *redis_acl_rule(void);
 extern uint32 redis_wait_event(void);
+
+/* sentinel.c */
+extern bool sentinel_locate_master(char *host, size_t hostlen, int *port, bool interruptible,
+								   RedisError *err);
+extern bool sentinel_check_list(const char *list, char *problem, size_t len);
 
 /* names.c */
 
@@ -218,7 +292,8 @@ typedef enum RedisScriptId
 	SCRIPT_RELEASE,
 	SCRIPT_VERIFY,
 	SCRIPT_INFO,
-	SCRIPT_FORCE
+	SCRIPT_FORCE,
+	SCRIPT_NONE					/* a plain command sent along with scripts (WAIT) */
 } RedisScriptId;
 
 extern void script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
@@ -227,11 +302,16 @@ extern char *script_format(const RedisCommand *cmd, size_t *len);
 extern bool script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *ids,
 					   redisReply **replies, int timeout_ms, bool interruptible, RedisError *err);
 extern bool script_run_yes_no(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds,
-							  int *answers, bool interruptible, RedisError *err);
+							  int *answers, bool confirm, bool interruptible, RedisError *err);
 extern bool script_reply_is_noscript(const redisReply *reply);
 extern bool script_reply_not_run(const redisReply *reply);
 extern void script_note_answer(RedisServer *server, RedisScriptId id, const redisReply *reply);
 extern bool script_known(RedisServer *server, RedisScriptId id);
+
+/* replicas.c */
+extern int	replicas_append_wait(RedisCommand *cmds, RedisScriptId *ids, int ncmds);
+extern int	replicas_extra_ms(void);
+extern bool replicas_acknowledged(RedisServer *server, const redisReply *reply, RedisError *err);
 
 /* release.c */
 

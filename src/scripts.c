@@ -70,6 +70,8 @@ script_note_answer(RedisServer *server, RedisScriptId id, const redisReply *repl
 {
 	uint64		epoch = redis_connection_epoch(server);
 
+	if (id == SCRIPT_NONE)
+		return;
 	if (known_epoch != epoch)
 	{
 		known_epoch = epoch;
@@ -118,8 +120,10 @@ script_reply_not_run(const redisReply *reply)
 
 /*
  * Run script commands built by script_command in one round trip, plus a second one only when
- * Redis had forgotten a script. ids[i] names the script of cmds[i]. On success every reply is set
- * (Redis error replies included: the caller interprets them); on failure nothing is left allocated.
+ * Redis had forgotten a script. ids[i] names the script of cmds[i], or is SCRIPT_NONE for a plain
+ * command sent along (WAIT, which must follow what it confirms: it is sent again in the second round
+ * trip). On success every reply is set (Redis error replies included: the caller interprets them); on
+ * failure nothing is left allocated.
  */
 bool
 script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *ids,
@@ -132,7 +136,14 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 	for (int i = 0; i < ncmds; i++)
 	{
 		script_note_answer(server, ids[i], replies[i]);
-		if (script_reply_is_noscript(replies[i]))
+		if (ids[i] == SCRIPT_NONE && nmissing > 0)
+		{
+			freeReplyObject(replies[i]);
+			replies[i] = NULL;
+			cmds[nmissing] = cmds[i];
+			nmissing++;
+		}
+		else if (ids[i] != SCRIPT_NONE && script_reply_is_noscript(replies[i]))
 		{
 			freeReplyObject(replies[i]);
 			replies[i] = NULL;
@@ -179,19 +190,26 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 
 /*
  * Run n commands of one script, whose answers are 1 or 0, in one round trip, into answers[]. Frees
- * every reply. Returns false with err set on any failure, an error reply included.
+ * every reply. Returns false with err set on any failure, an error reply included. confirm: the
+ * replicas must acknowledge what the scripts did (redislock.wait_replicas; cmds has room for one more
+ * command, the WAIT), else it fails too.
  */
 bool
 script_run_yes_no(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds, int *answers,
-				  bool interruptible, RedisError *err)
+				  bool confirm, bool interruptible, RedisError *err)
 {
-	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
-	redisReply **replies = palloc0(n * sizeof(redisReply *));
+	RedisScriptId *ids = palloc((n + 1) * sizeof(RedisScriptId));
+	redisReply **replies = palloc0((n + 1) * sizeof(redisReply *));
+	int			ncmds = n;
 	bool		ok;
 
 	for (int i = 0; i < n; i++)
 		ids[i] = id;
-	ok = script_run(server, n, cmds, ids, replies, redislock_command_timeout_ms, interruptible, err);
+	if (confirm)
+		ncmds = replicas_append_wait(cmds, ids, n);
+	ok = script_run(server, ncmds, cmds, ids, replies,
+					redislock_command_timeout_ms + (ncmds > n ? replicas_extra_ms() : 0),
+					interruptible, err);
 	for (int i = 0; ok && i < n; i++)
 	{
 		if (replies[i]->type == REDIS_REPLY_ERROR)
@@ -207,7 +225,9 @@ script_run_yes_no(RedisServer *server, int n, RedisScriptId id, RedisCommand *cm
 		else
 			answers[i] = replies[i]->integer == 1;
 	}
-	redis_free_replies(n, replies);
+	if (ok && ncmds > n)
+		ok = replicas_acknowledged(server, replies[n], err);
+	redis_free_replies(ncmds, replies);
 	pfree(replies);
 	pfree(ids);
 	return ok;

@@ -4,8 +4,8 @@
  *
  * Settings that choose where a backend connects, with which credentials, and under which key prefix are
  * PGC_SUSET: only a superuser may point the server at another Redis or into another lock namespace. The
- * password is also GUC_SUPERUSER_ONLY, so it is never shown to anyone else. Changing a connection
- * setting makes the next Redis call reconnect.
+ * passwords are also GUC_SUPERUSER_ONLY, so they are never shown to anyone else. Changing a connection
+ * setting (where, credentials, TLS, Sentinel) makes the next Redis call reconnect.
  */
 #include "redislock.h"
 
@@ -26,6 +26,24 @@ char	   *redislock_key_prefix = NULL;
 bool		redislock_synchronous_release = false;
 bool		redislock_verify_at_commit = false;
 bool		redislock_log_lock_waits = false;
+int			redislock_sslmode = REDIS_SSL_DISABLE;
+char	   *redislock_sslrootcert = NULL;
+char	   *redislock_sslcert = NULL;
+char	   *redislock_sslkey = NULL;
+char	   *redislock_sentinels = NULL;
+char	   *redislock_sentinel_master = NULL;
+char	   *redislock_sentinel_username = NULL;
+char	   *redislock_sentinel_password = NULL;
+int			redislock_wait_replicas = 0;
+int			redislock_wait_replicas_timeout_ms = 500;
+
+static const struct config_enum_entry sslmode_options[] = {
+	{"disable", REDIS_SSL_DISABLE, false},
+	{"require", REDIS_SSL_REQUIRE, false},
+	{"verify-ca", REDIS_SSL_VERIFY_CA, false},
+	{"verify-full", REDIS_SSL_VERIFY_FULL, false},
+	{NULL, 0, false}
+};
 
 /* Set when a connection setting changes; redis_conn.c reconnects and clears it. */
 bool		redislock_connection_settings_changed = false;
@@ -40,6 +58,30 @@ static void
 mark_connection_int_changed(int newval, void *extra)
 {
 	redislock_connection_settings_changed = true;
+}
+
+static bool
+check_sentinels(char **newval, void **extra, GucSource source)
+{
+	char		problem[256];
+
+	if (*newval != NULL && !sentinel_check_list(*newval, problem, sizeof(problem)))
+	{
+		GUC_check_errdetail("%s", problem);
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_sentinel_master(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+	{
+		GUC_check_errdetail("redislock.sentinel_master must name the master as the Sentinels know it.");
+		return false;
+	}
+	return true;
 }
 
 /*
@@ -144,6 +186,82 @@ redislock_define_settings(void)
 							   "redislock:",
 							   PGC_SUSET, 0,
 							   check_key_prefix, NULL, NULL);
+
+	/* TLS, named as libpq names its own settings */
+	DefineCustomEnumVariable("redislock.sslmode",
+							 "Whether connections to Redis use TLS, and how the server's certificate is checked.",
+							 "disable, require (encrypt, no certificate check), verify-ca (the certificate chains to redislock.sslrootcert), verify-full (and names the host).",
+							 &redislock_sslmode,
+							 REDIS_SSL_DISABLE, sslmode_options,
+							 PGC_SUSET, 0,
+							 NULL, mark_connection_int_changed, NULL);
+	DefineCustomStringVariable("redislock.sslrootcert",
+							   "File of the certificate authorities that verify-ca and verify-full trust; empty for the system's.",
+							   NULL,
+							   &redislock_sslrootcert,
+							   "",
+							   PGC_SUSET, 0,
+							   NULL, mark_connection_settings_changed, NULL);
+	DefineCustomStringVariable("redislock.sslcert",
+							   "File of the client certificate, for a Redis with tls-auth-clients; empty for none.",
+							   NULL,
+							   &redislock_sslcert,
+							   "",
+							   PGC_SUSET, 0,
+							   NULL, mark_connection_settings_changed, NULL);
+	DefineCustomStringVariable("redislock.sslkey",
+							   "File of the client certificate's private key.",
+							   NULL,
+							   &redislock_sslkey,
+							   "",
+							   PGC_SUSET, 0,
+							   NULL, mark_connection_settings_changed, NULL);
+
+	/* Sentinel: where the master is, asked anew on every connect */
+	DefineCustomStringVariable("redislock.sentinels",
+							   "Comma-separated host:port of Redis Sentinels; non-empty, the master comes from them and redislock.host and redislock.port are not used.",
+							   NULL,
+							   &redislock_sentinels,
+							   "",
+							   PGC_SUSET, 0,
+							   check_sentinels, mark_connection_settings_changed, NULL);
+	DefineCustomStringVariable("redislock.sentinel_master",
+							   "The master's name in Sentinel.",
+							   NULL,
+							   &redislock_sentinel_master,
+							   "mymaster",
+							   PGC_SUSET, 0,
+							   check_sentinel_master, mark_connection_settings_changed, NULL);
+	DefineCustomStringVariable("redislock.sentinel_username",
+							   "Sentinel's ACL user name; empty for the default user.",
+							   NULL,
+							   &redislock_sentinel_username,
+							   "",
+							   PGC_SUSET, 0,
+							   NULL, mark_connection_settings_changed, NULL);
+	DefineCustomStringVariable("redislock.sentinel_password",
+							   "Sentinel's password; empty for none.",
+							   NULL,
+							   &redislock_sentinel_password,
+							   "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, mark_connection_settings_changed, NULL);
+
+	/* replica acknowledgement of acquisitions and renewals */
+	DefineCustomIntVariable("redislock.wait_replicas",
+							"Replicas that must acknowledge an acquisition (with WAIT) before a lock call returns; 0 for none.",
+							NULL,
+							&redislock_wait_replicas,
+							0, 0, 100,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("redislock.wait_replicas_timeout",
+							"How long an acquisition waits for the replicas' acknowledgement.",
+							NULL,
+							&redislock_wait_replicas_timeout_ms,
+							500, 1, REDISLOCK_TIMEOUT_MAX_MS,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	/* a cluster-wide promise: the superuser decides */
 	DefineCustomBoolVariable("redislock.verify_at_commit",

@@ -4,7 +4,7 @@
 # by rl_cleanup (set as an EXIT trap by rl_setup).
 
 RL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-RL_PACKAGES="make gcc postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev redis-server libipc-run-perl valgrind libfaketime debhelper postgresql-server-dev-all"
+RL_PACKAGES="make gcc postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev libssl-dev openssl redis-server libipc-run-perl valgrind libfaketime debhelper postgresql-server-dev-all"
 PG_BIN=/usr/lib/postgresql/15/bin
 
 rl_log() { printf '== %s\n' "$*" >&2; }
