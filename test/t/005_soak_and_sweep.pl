@@ -12,15 +12,13 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
 use RedisLockTest;
+use CriticalSections;
 
 my $redis = start_redis();
 my @nodes = (new_node('soak1', $redis), new_node('soak2', $redis));
 my $seconds = 4;
 
-for my $node (@nodes)
-{
-	$node->safe_psql('postgres', 'CREATE TABLE sections (token bigint, t_start timestamptz, t_end timestamptz, node text)');
-}
+sections_prepare(@nodes);
 
 # run pgbench with 8 clients on both clusters at once
 sub soak
@@ -28,10 +26,7 @@ sub soak
 	my ($lock_sql) = @_;
 	my $script = PostgreSQL::Test::Utils::tempdir() . '/soak.sql';
 	open my $fh, '>', $script or die;
-	print $fh "BEGIN;\n$lock_sql\n"
-	  . "INSERT INTO sections VALUES (:tok, clock_timestamp(), NULL, current_setting('port'));\n"
-	  . "UPDATE sections SET t_end = clock_timestamp() WHERE token = :tok AND t_end IS NULL;\n"
-	  . "COMMIT;\n";
+	print $fh CriticalSections::section_sql($lock_sql);
 	close $fh;
 	$_->safe_psql('postgres', 'TRUNCATE sections') for @nodes;
 	# Redis forgets the scripts every 200 ms meanwhile (NOSCRIPT mid-run must stay transparent)
@@ -49,22 +44,7 @@ sub soak
 		note(${ $_->[2] }) if $_->[0]->result;
 	}
 	$flusher->finish;
-	# all sections of both clusters, in the order they started
-	my @rows;
-	for my $node (@nodes)
-	{
-		push @rows, map { [ split /\|/ ] } split /\n/, $node->safe_psql('postgres',
-			"SELECT token, extract(epoch FROM t_start)::numeric(20,6), extract(epoch FROM t_end)::numeric(20,6), node FROM sections WHERE t_end IS NOT NULL");
-	}
-	@rows = sort { $a->[1] <=> $b->[1] } @rows;
-	my ($overlaps, $disorder) = (0, 0);
-	for my $i (1 .. $#rows)
-	{
-		$overlaps++ if $rows[$i][1] < $rows[ $i - 1 ][2];
-		$disorder++ if $rows[$i][0] <= $rows[ $i - 1 ][0];
-	}
-	my %nodes_seen = map { $_->[3] => 1 } @rows;
-	return (scalar @rows, $overlaps, $disorder, scalar keys %nodes_seen);
+	return sections_check(@nodes);
 }
 
 my ($n, $overlaps, $disorder, $both) = soak("SELECT redis_wait_lock('soak:key') AS tok \\gset");
