@@ -89,11 +89,12 @@ typedef struct AcquireResult
 
 /*
  * Run the acquire script once for acquisition (followed by WAIT when replicas must acknowledge).
- * Throws on failure (release.c undoes what was sent).
+ * Throws on failure (release.c undoes what was sent) — except, when may_wait_for_master, a master that
+ * cannot be reached at all (nothing was sent): then it returns false with *unreachable saying why.
  */
-static void
+static bool
 acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char *mode,
-			 AcquireResult *res)
+			 AcquireResult *res, bool may_wait_for_master, RedisError *unreachable)
 {
 	RedisServer *server = server_for_call(true);
 	LockKeys	keys;
@@ -122,6 +123,11 @@ acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char
 	if (!redis_ensure_connected(server, true, &err))
 	{
 		names_lock_keys_free(&keys);
+		if (may_wait_for_master && err.unreachable)
+		{
+			*unreachable = err;
+			return false;
+		}
 		redis_raise(&err);
 	}
 	/* from here on the call may reach Redis, even if an interrupt ends the wait for its answer */
@@ -167,7 +173,7 @@ acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char
 		redis_free_replies(ncmds, replies);
 		if (!ok)
 			undo_unacknowledged(ref, &err);
-		return;
+		return true;
 	}
 	redis_free_replies(ncmds, replies);
 	redis_raise(&err);
@@ -184,7 +190,7 @@ lockop_try(const LockRef *ref, const char *acquisition, int ttl_ms, int64 *token
 	AcquireResult res;
 	int64		sent = redislock_monotonic_ms();
 
-	acquire_call(ref, acquisition, ttl_ms, "try", &res);
+	(void) acquire_call(ref, acquisition, ttl_ms, "try", &res, false, NULL);
 	if (res.acquired)
 		stats_add(STATS_IMMEDIATE, 1);
 	*token = res.token;
@@ -347,6 +353,23 @@ log_wait(const LockRef *ref, int64 waited_ms, bool acquired)
 }
 
 /*
+ * Before the attempt-th retry of something that keeps failing (a connection that keeps breaking, a
+ * master that cannot be reached): pause 100 ms, doubling up to a heartbeat, never past the deadline.
+ */
+static void
+pause_before_retry(int attempt, int64 deadline)
+{
+	long		pause = Min(100L << Min(attempt - 1, 4), REDISLOCK_RECHECK_MS);
+
+	if (deadline != 0)
+		pause = Min(pause, Max(deadline - redislock_monotonic_ms(), 0));
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, pause,
+					 redis_wait_event());
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
  * Wait in the lock's FIFO queue until acquisition owns it, and return the fencing token. timeout_ms 0
  * waits without limit (cancel and statement_timeout still end the wait). *lease_start_ms (monotonic)
  * is no later than the moment Redis granted the lease.
@@ -363,6 +386,8 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 	int64		started = redislock_monotonic_ms();
 	bool		logged = false; /* redislock.log_lock_waits said we wait */
 	bool		queued = false; /* it had to wait (counted once) */
+	int			unreachable_in_a_row = 0;	/* Sentinel mode: attempts that found no master */
+	RedisError	unreachable;
 
 	if (timeout_ms > 0)
 		deadline = redislock_monotonic_ms() + timeout_ms;
@@ -373,7 +398,19 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		int			block_ms = REDISLOCK_RECHECK_MS;
 
 		CHECK_FOR_INTERRUPTS();
-		acquire_call(ref, acquisition, ttl_ms, mode, &res);
+		if (!acquire_call(ref, acquisition, ttl_ms, mode, &res, redislock_sentinels[0] != '\0',
+						  &unreachable))
+		{
+			/*
+			 * Sentinel mode: the master cannot be reached, as while Sentinel fails it over. The wait
+			 * goes on (asking Sentinel again each time) until its deadline, and then fails with why.
+			 */
+			if (deadline != 0 && redislock_monotonic_ms() >= deadline)
+				redis_raise(&unreachable);
+			pause_before_retry(++unreachable_in_a_row, deadline);
+			continue;
+		}
+		unreachable_in_a_row = 0;
 		if (res.acquired)
 		{
 			/* a grant found by a re-check was made after our last look that saw none */
@@ -434,15 +471,7 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 				 * the second loss in a row, pause (100 ms, doubling up to a heartbeat).
 				 */
 				if (++losses > 1)
-				{
-					long		pause = Min(100L << Min(losses - 2, 4), REDISLOCK_RECHECK_MS);
-
-					if (deadline != 0)
-						pause = Min(pause, Max(deadline - redislock_monotonic_ms(), 0));
-					(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-									 pause, redis_wait_event());
-					ResetLatch(MyLatch);
-				}
+					pause_before_retry(losses - 1, deadline);
 				break;
 		}
 		if (deadline != 0 && redislock_monotonic_ms() >= deadline)

@@ -228,6 +228,7 @@ redis_error_set(RedisError *err, int sqlstate, const char *hint, const char *fmt
 	snprintf(err->hint, sizeof(err->hint), "%s", hint ? hint : "");
 	err->detail[0] = '\0';
 	err->timed_out = false;
+	err->unreachable = false;
 }
 
 #define set_error redis_error_set
@@ -673,6 +674,7 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 				  "Sentinel may be in the middle of a failover: retry in a moment.",
 				  "Redis at %s, named master \"%s\" by Sentinel, is not a master (its role is %s)",
 				  server->name, redislock_sentinel_master, role);
+		err->unreachable = true;
 		return false;
 	}
 	if (info_at >= 0)
@@ -765,6 +767,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 		ReleaseExternalFD();
 		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, connect_hint(server),
 				  "could not connect to Redis at %s: %s", server->name, why);
+		err->unreachable = true;
 		return false;
 	}
 	server->connected = true;
@@ -815,6 +818,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 				  "Check redislock.host and redislock.port, or raise redislock.connect_timeout.",
 				  "could not connect to Redis at %s: timed out after %d ms",
 				  server->name, redislock_connect_timeout_ms);
+		err->unreachable = true;
 		redis_disconnect(server);
 		return false;
 	}
@@ -822,6 +826,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	{
 		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, connect_hint(server),
 				  "could not connect to Redis at %s: %s", server->name, why);
+		err->unreachable = true;
 		redis_disconnect(server);
 		return false;
 	}
@@ -947,6 +952,7 @@ redis_ensure_connected(RedisServer *server, bool interruptible, RedisError *err)
 	err->sent = false;
 	err->connection_lost = false;
 	err->timed_out = false;
+	err->unreachable = false;
 	if (server->connected && (server->in_flight || server->unanswered > 0 ||
 							  redis_connection_intact(server, server->connections)))
 		return true;

@@ -223,6 +223,8 @@ typedef struct RedisError
 	bool		sent;			/* the commands may have reached Redis */
 	bool		connection_lost;	/* the connection broke (closed, reset); Redis may be fine */
 	bool		timed_out;		/* Redis did not answer in time (stalled, overloaded) */
+	bool		unreachable;	/* no connection could be made (refused, timed out, no master): a
+								 * failover under way looks like this */
 } RedisError;
 
 typedef struct RedisServer RedisServer;

@@ -263,6 +263,7 @@ sentinel_locate_master(char *host, size_t hostlen, int *port, bool interruptible
 						"could not find the Redis master \"%s\": no Sentinel answered (tried %d)",
 						redislock_sentinel_master, asked);
 	snprintf(err->detail, sizeof(err->detail), "%s", tried);
+	err->unreachable = !(unknown > 0 && unknown == asked);
 	err->sent = err->connection_lost = false;
 	return false;
 }
