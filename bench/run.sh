@@ -3,7 +3,8 @@
 # PostgreSQL and Redis (same set-up as make test). Prints one table (also saved to bench/results.md):
 #   - pgbench TPS and latency p50/p99 of BEGIN; <lock>; COMMIT with <lock> = (a) nothing,
 #     (b) pg_advisory_xact_lock, (c) redis_wait_lock, uncontended (a key per client) and contended
-#     (one key), at 1, 8 and 64 clients, and the ratio (c)/(b) of the same run;
+#     (one key), at 1, 8 and 64 clients, and the ratio (c)/(b) of the same run; at 8 clients also
+#     (c) over TLS (redislock.sslmode = verify-full) and with redislock.wait_replicas = 1 (one replica);
 #   - Redis commands sent per uncontended cycle and per contended handoff (INFO commandstats, client
 #     commands only);
 #   - wake-ups per release with 50 waiters, and CPU used by waiting backends;
@@ -24,22 +25,39 @@ mkdir -p "$work"
 [ "$(id -u)" -eq 0 ] && chown postgres "$work"
 psql -X -q -c "CREATE EXTENSION IF NOT EXISTS redislock" -c "CREATE TABLE acquired (seq serial, who int)"
 q() { psql -X -q -At -c "$1"; }
-client_commands() {   # EVALSHA + EVAL + BLPOP calls, and the microseconds Redis spent on them, since
+
+# a TLS port on the same Redis, and one replica of it, for the TLS and wait_replicas rows
+rl_enable_tls
+REPLICA_PORT=$(rl_free_port)
+mkdir -p "$RL_TMP/replica"
+redis-server --port "$REPLICA_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --dir "$RL_TMP/replica" --pidfile "$RL_TMP/replica/redis.pid" --logfile "$RL_TMP/replica/redis.log" \
+  --replicaof 127.0.0.1 "$REDIS_PORT" >/dev/null
+for _ in $(seq 1 100); do
+  redis-cli -p "$REDIS_PORT" INFO replication | grep -q 'state=online' && break
+  sleep 0.1
+done
+trap 'kill "$(cat "$RL_TMP/replica/redis.pid")" 2>/dev/null; rl_cleanup' EXIT
+declare -A variant_options=(
+  [tls]="-c redislock.sslmode=verify-full -c redislock.sslrootcert=$TLS_CERT -c redislock.port=$TLS_PORT"
+  [replica]="-c redislock.wait_replicas=1"
+)
+client_commands() {   # EVALSHA + EVAL + BLPOP + WAIT calls, and the microseconds Redis spent on them, since
                       # the last CONFIG RESETSTAT
   redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
-    awk -F'[:=,]' '/^cmdstat_(evalsha|eval|blpop):/ {n += $3; us += $5} END {print n + 0, us + 0}'
+    awk -F'[:=,]' '/^cmdstat_(evalsha|eval|blpop|wait):/ {n += $3; us += $5} END {print n + 0, us + 0}'
 }
 
 # --- throughput and latency ---------------------------------------------------------------------
 declare -A tps_runs txs commands redis_us p50 p99 pmax tps cmds
-run_pgbench() {   # name clients sql round
-  local name=$1 clients=$2 sql=$3 round=$4 done_tx
+run_pgbench() {   # name clients sql round [PGOPTIONS]
+  local name=$1 clients=$2 sql=$3 round=$4 options=${5:-} done_tx
   printf '%s\n' "$sql" > "$work/$name.sql"
   mkdir -p "$work/log-$name"
   redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
   # one pgbench thread per client: a thread serving several clients stamps their latencies with one
   # cached clock reading, which makes short transactions read as 0 ms
-  (cd "$work/log-$name" && "$pgbench" -n -M prepared -c "$clients" -j "$clients" -T "$secs" \
+  (cd "$work/log-$name" && PGOPTIONS="$options" "$pgbench" -n -M prepared -c "$clients" -j "$clients" -T "$secs" \
      -l --log-prefix="r$round" -f "../$name.sql" > "../$name.$round.out" 2>&1)
   done_tx=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}' "$work/$name.$round.out")
   tps_runs[$name]+="$(awk '/^tps = / {printf "%.0f", $3}' "$work/$name.$round.out") "
@@ -57,6 +75,12 @@ for round in $(seq 1 "$rounds"); do
       if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
       run_pgbench "advisory-$mode-$c" "$c" "BEGIN; SELECT pg_advisory_xact_lock($key); COMMIT;" "$round"
       run_pgbench "redis-$mode-$c" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" "$round"
+      if [ "$c" = 8 ]; then
+        for variant in tls replica; do
+          run_pgbench "redis-$mode-$c-$variant" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
+            "$round" "${variant_options[$variant]}"
+        done
+      fi
     done
   done
 done
@@ -138,6 +162,13 @@ round_ratios() {   # the (c)/(b) ratio of each round, for one case
     for mode in uncontended contended; do
       a=none-$c b=advisory-$mode-$c r=redis-$mode-$c
       echo "| $c | $mode | ${tps[$a]} | ${tps[$b]} | ${tps[$r]} | $(ratio "${tps[$r]}" "${tps[$b]}") | ${p50[$b]} / ${p99[$b]} | ${p50[$r]} / ${p99[$r]} | ${cmds[$r]} |"
+    done
+  done
+  for variant in tls replica; do
+    for mode in uncontended contended; do
+      a=none-8 b=advisory-$mode-8 r=redis-$mode-8-$variant
+      label=$([ $variant = tls ] && echo 'TLS (verify-full)' || echo 'wait_replicas = 1')
+      echo "| 8 | $mode, $label | ${tps[$a]} | ${tps[$b]} | ${tps[$r]} | $(ratio "${tps[$r]}" "${tps[$b]}") | ${p50[$b]} / ${p99[$b]} | ${p50[$r]} / ${p99[$r]} | ${cmds[$r]} |"
     done
   done
   echo

@@ -64,6 +64,19 @@ rl_start_redis() {
   return 1
 }
 
+# rl_enable_tls: opens a TLS port on the running Redis (CONFIG SET), with a self-signed certificate for
+# 127.0.0.1 that is its own CA; sets TLS_PORT and TLS_CERT.
+rl_enable_tls() {
+  mkdir -p "$RL_TMP/tls"
+  TLS_CERT=$RL_TMP/tls/redis.crt
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$RL_TMP/tls/redis.key" -out "$TLS_CERT" 2>/dev/null || return 1
+  chmod 755 "$RL_TMP/tls" && chmod 644 "$TLS_CERT" "$RL_TMP/tls/redis.key"
+  TLS_PORT=$(rl_free_port)
+  redis-cli -p "$REDIS_PORT" CONFIG SET tls-cert-file "$TLS_CERT" tls-key-file "$RL_TMP/tls/redis.key" \
+    tls-ca-cert-file "$TLS_CERT" tls-auth-clients no tls-port "$TLS_PORT" >/dev/null
+}
+
 # rl_start_pg NAME [POSTGRES_BINARY]: a throwaway cluster pointed at our Redis; sets PGPORT_<NAME>
 # and PGPORT. A second argument runs the server through that program (see test/valgrind.sh).
 rl_start_pg() {

@@ -22,6 +22,17 @@ rl_valgrind_error_paths() {
   psql -X -q -d contrib_regression -c "SELECT redis_try_lock('vg:oom')" >/dev/null 2>&1
   redis-cli -p "$REDIS_PORT" CONFIG SET maxmemory 0 >/dev/null
   psql -X -q -d contrib_regression -c "SET redislock.port = 1" -c "SELECT redis_wait_lock('vg:down')" >/dev/null 2>&1
+  # TLS: a lock cycle and a wait over TLS, a certificate that does not verify, TLS against a plain port
+  # and plain text against a TLS port
+  rl_enable_tls
+  local tls="SET redislock.port = $TLS_PORT; SET redislock.sslmode = 'verify-full'; SET redislock.sslrootcert = '$TLS_CERT';"
+  psql -X -q -d contrib_regression -c "$tls" -c "BEGIN; SELECT redis_wait_lock('vg:tls'); SELECT redis_wait_lock('vg:tls2', NULL, '1 s'); COMMIT;" >/dev/null 2>&1
+  psql -X -q -d contrib_regression -c "$tls SET redislock.sslrootcert = '/etc/ssl/certs/ca-certificates.crt';" -c "SELECT redis_try_lock('vg:tls')" >/dev/null 2>&1
+  psql -X -q -d contrib_regression -c "SET redislock.sslmode = 'require'; SET redislock.connect_timeout = '3s';" -c "SELECT redis_try_lock('vg:tls')" >/dev/null 2>&1
+  psql -X -q -d contrib_regression -c "SET redislock.port = $TLS_PORT;" -c "SELECT redis_try_lock('vg:tls')" >/dev/null 2>&1
+  # Sentinel: none answering, and a Redis that is not a Sentinel; WAIT with no replica (undo, 55P03)
+  psql -X -q -d contrib_regression -c "SET redislock.sentinels = '127.0.0.1:1, 127.0.0.1:$REDIS_PORT';" -c "SELECT redis_try_lock('vg:sentinel')" >/dev/null 2>&1
+  psql -X -q -d contrib_regression -c "SET redislock.wait_replicas = 1; SET redislock.wait_replicas_timeout = '100ms';" -c "SELECT redis_try_lock('vg:wait')" >/dev/null 2>&1
 }
 
 rl_valgrind_suite() {

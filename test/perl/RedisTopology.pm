@@ -235,7 +235,7 @@ sub start_tls_redis
 #   ping-period 1000: with down-after 1000 a Sentinel pings a new link (a master just switched to, a
 #     replica just found) only when its down-after deadline passes, so it flags it +sdown for a tick;
 #     right after a failover the other Sentinels' cached "master is down" votes (kept 5 s) turn that
-#     into +odown and a second, spurious failover of the healthy new master (seen 1 run in 6).
+#     into +odown and a second, spurious failover of the healthy new master (seen once in ~15 runs).
 #   info-period 10000, publish-period 2000: a Sentinel turns a reachable old master into a replica
 #     only 4 publish periods after the switch and at its next INFO, ~10 s after SENTINEL FAILOVER;
 #     with these ~3 s. Replicas and Sentinels are found faster too.
