@@ -6,19 +6,20 @@
 
 EXTENSION = redislock
 MODULE_big = redislock
-OBJS = src/redislock.o src/settings.o src/transport.o src/redis_conn.o src/sentinel.o src/replicas.o src/names.o src/scripts.o src/lock_ops.o \
+OBJS = src/redislock.o src/settings.o src/transport.o src/redis_conn.o src/sentinel.o src/replicas.o src/deadlock.o src/names.o src/scripts.o src/lock_ops.o \
        src/release.o \
        src/registry.o src/keeper.o src/stats.o \
        src/lock_table.o src/xact.o src/sql_api.o
-DATA = sql/redislock--1.0.sql sql/redislock--1.0--1.1.sql sql/redislock--1.1.sql
+DATA = sql/redislock--1.0.sql sql/redislock--1.0--1.1.sql sql/redislock--1.1.sql \
+       sql/redislock--1.1--1.2.sql sql/redislock--1.2.sql
 # make installcheck: the regression and isolation suites against a running server whose redislock.host
 # and redislock.port name a Redis (see README, Tests and development)
-REGRESS = api input settings upgrade
-ISOLATION = setup fifo release lease timeout
+REGRESS = api input settings upgrade shared
+ISOLATION = setup fifo release lease timeout shared
 ISOLATION_OPTS = --inputdir=test/isolation
 PGFILEDESC = "redislock - distributed locks held in Redis"
 
-LUA_SCRIPTS = acquire release verify info force
+LUA_SCRIPTS = acquire release verify info force holders
 SHLIB_LINK += -lhiredis -lssl -lcrypto
 PG_CPPFLAGS += -I$(srcdir)/src
 EXTRA_CLEAN = src/scripts_generated.h src/lua/out

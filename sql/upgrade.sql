@@ -52,3 +52,21 @@ SET ROLE redislock_plain;
 SELECT redis_force_unlock('up:f');
 RESET ROLE;
 DROP ROLE redislock_plain;
+
+-- 1.1 updated to 1.2 equals a fresh 1.2 too; before the update, the library serves 1.1's
+-- redis_locks and redis_lock_info (one column fewer each)
+CREATE TEMP TABLE fresh AS SELECT * FROM extension_objects;
+DROP EXTENSION redislock;
+CREATE EXTENSION redislock VERSION '1.1';
+BEGIN;
+SELECT redis_wait_lock('up:v11') > 0 AS locked;
+SELECT key, hold_count FROM redis_locks;
+SELECT held, waiters FROM redis_lock_info('up:v11');
+COMMIT;
+ALTER EXTENSION redislock UPDATE TO '1.2';
+SELECT extversion FROM pg_extension WHERE extname = 'redislock';
+(SELECT * FROM fresh EXCEPT SELECT * FROM extension_objects)
+UNION ALL
+(SELECT * FROM extension_objects EXCEPT SELECT * FROM fresh);
+DROP EXTENSION redislock;
+CREATE EXTENSION redislock;

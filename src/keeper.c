@@ -80,7 +80,7 @@ renew_batch(RenewalItem *items)
 	for (int i = 0; i < n; i++)
 	{
 		refs[i].prefix = items[i].prefix;
-		refs[i].key = items[i].key;
+		refs[i].key = items[i].name + 1;	/* after the mode letter */
 		acquisitions[i] = items[i].acquisition;
 		tokens[i] = items[i].token;
 		keep[i] = Max(items[i].ttl_ms, keeper_min_lease_ms());

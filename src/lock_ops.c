@@ -83,100 +83,192 @@ typedef struct AcquireResult
 {
 	bool		acquired;
 	bool		place_gone;		/* a re-check found its place in the queue gone: join again */
+	bool		wrong_kind;		/* the key is in use as the other kind, or with other permits: */
+	char		other_kind[16]; /* 'lock' or 'semaphore' */
+	int64		other_permits;
 	int64		token;
 	int64		lease_left_ms;	/* ours when acquired, else the current holder's; -1 unknown */
 } AcquireResult;
 
-/*
- * Run the acquire script once for acquisition (followed by WAIT when replicas must acknowledge).
- * Throws on failure (release.c undoes what was sent) — except, when may_wait_for_master, a master that
- * cannot be reached at all (nothing was sent): then it returns false with *unreachable saying why.
- */
-static bool
-acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char *mode,
-			 AcquireResult *res, bool may_wait_for_master, RedisError *unreachable)
+/* One acquire script call, built; its strings live here. */
+typedef struct AcquireCommand
 {
-	RedisServer *server = server_for_call(true);
 	LockKeys	keys;
-	RedisCommand cmds[2];
-	RedisScriptId ids[2] = {SCRIPT_ACQUIRE, SCRIPT_NONE};
-	redisReply *replies[2] = {NULL, NULL};
-	redisReply *reply;
-	RedisError	err;
 	char		ttl[16];
 	char		liveness[16];
-	const char *args[4];
-	int			ncmds;
-	bool		ok;
-	bool		was_sent;
+	char		lock_mode[2];
+	char		permits[16];
+	const char *args[6];
+} AcquireCommand;
 
-	snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
-	snprintf(liveness, sizeof(liveness), "%d", waiter_liveness_ms());
-	args[0] = acquisition;
-	args[1] = ttl;
-	args[2] = mode;
-	args[3] = liveness;
-	names_lock_keys(ref, &keys);
-	script_command(&cmds[0], SCRIPT_ACQUIRE, &keys, 4, args);
-	ncmds = replicas_append_wait(cmds, ids, 1);
-	/* a cancel while connecting (a TLS handshake that hangs) leaves nothing to undo */
-	if (!redis_ensure_connected(server, true, &err))
-	{
-		names_lock_keys_free(&keys);
-		if (may_wait_for_master && err.unreachable)
-		{
-			*unreachable = err;
-			return false;
-		}
-		redis_raise(&err);
-	}
-	/* from here on the call may reach Redis, even if an interrupt ends the wait for its answer */
-	was_sent = release_call_sent(true);
-	ok = script_run(server, ncmds, cmds, ids, replies,
-					redislock_command_timeout_ms + replicas_extra_ms(), true, &err);
-	names_lock_keys_free(&keys);
-	if (!ok)
-	{
-		/* a call that never left (Redis refused the connection) has nothing to undo */
-		if (!err.sent)
-			release_call_sent(was_sent);
-		redis_raise(&err);
-	}
+static void
+acquire_command(const LockRef *ref, LockRequest req, const char *acquisition, int ttl_ms,
+				const char *mode, AcquireCommand *ac, RedisCommand *cmd)
+{
+	snprintf(ac->ttl, sizeof(ac->ttl), "%d", ttl_ms);
+	snprintf(ac->liveness, sizeof(ac->liveness), "%d", waiter_liveness_ms());
+	ac->lock_mode[0] = (char) req.mode;
+	ac->lock_mode[1] = '\0';
+	snprintf(ac->permits, sizeof(ac->permits), "%d", req.permits);
+	ac->args[0] = acquisition;
+	ac->args[1] = ac->ttl;
+	ac->args[2] = mode;
+	ac->args[3] = ac->liveness;
+	ac->args[4] = ac->lock_mode;
+	ac->args[5] = ac->permits;
+	names_lock_keys(ref, &ac->keys);
+	/* exclusive is the script's default: the common call stays short */
+	script_command(cmd, SCRIPT_ACQUIRE, &ac->keys, req.mode == LOCK_EXCLUSIVE ? 4 : 6, ac->args);
+}
 
-	reply = replies[0];
+/*
+ * The acquire script found the key in use as the other kind (a lock, a semaphore) or with other
+ * permits: 22023, naming both.
+ */
+static void
+wrong_kind(const LockRef *ref, LockRequest req, const AcquireResult *res)
+{
+	if (req.mode == LOCK_SEMAPHORE && strcmp(res->other_kind, "semaphore") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis semaphore \"%s\" is in use with %lld permits, not %d", ref->key,
+						(long long) res->other_permits, req.permits),
+				 errhint("Every caller of one semaphore must give the same number of permits.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("redis key \"%s\" is in use as a %s, not as a %s", ref->key,
+					strcmp(res->other_kind, "semaphore") == 0 ? "semaphore" : "lock",
+					req.mode == LOCK_SEMAPHORE ? "semaphore" : "lock"),
+			 errhint("A key is either a lock (exclusive or shared) or a semaphore while anyone holds or waits for it.")));
+}
+
+/*
+ * Read the acquire script's reply into res; false with err set when it is an error or malformed.
+ * res->wrong_kind: the key is in use as the other kind (the caller frees the replies, then raises it).
+ */
+static bool
+acquire_reply(RedisServer *server, const redisReply *reply, AcquireResult *res, RedisError *err)
+{
+	res->wrong_kind = false;
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 && reply_is_integer(reply->element[0]) &&
+		reply->element[0]->integer == 3 && reply->element[1]->type == REDIS_REPLY_STRING &&
+		reply_is_integer(reply->element[2]))
+	{
+		res->wrong_kind = true;
+		res->acquired = res->place_gone = false;
+		snprintf(res->other_kind, sizeof(res->other_kind), "%.*s",
+				 (int) Min(reply->element[1]->len, sizeof(res->other_kind) - 1), reply->element[1]->str);
+		res->other_permits = reply->element[2]->integer;
+		return true;
+	}
 	if (reply->type == REDIS_REPLY_ERROR)
-		redis_error_from_reply(server, reply, &err);
+		redis_error_from_reply(server, reply, err);
 	else if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
 			 !reply_is_integer(reply->element[0]) ||
 			 !reply_is_integer(reply->element[1]) ||
 			 (reply->element[0]->integer == 1 &&
 			  (reply->elements != 3 || !reply_is_integer(reply->element[2]))))
-		redis_error_malformed(server, "acquire script answered with an unexpected shape", &err);
+		redis_error_malformed(server, "acquire script answered with an unexpected shape", err);
 	else if (reply->element[0]->integer < 0 || reply->element[0]->integer > 2)
-		redis_error_malformed(server, "acquire script answered with an unexpected verdict", &err);
+		redis_error_malformed(server, "acquire script answered with an unexpected verdict", err);
 	else
 	{
 		res->acquired = reply->element[0]->integer == 1;
 		res->place_gone = reply->element[0]->integer == 2;
-		if (res->acquired)
-		{
-			res->token = reply->element[1]->integer;
-			res->lease_left_ms = reply->element[2]->integer;
-		}
-		else
-		{
-			res->token = 0;
-			res->lease_left_ms = reply->element[1]->integer;
-		}
-		/* a lock taken must be on enough replicas; a place in the queue need not */
-		ok = !res->acquired || ncmds == 1 || replicas_acknowledged(server, replies[1], &err);
-		redis_free_replies(ncmds, replies);
-		if (!ok)
-			undo_unacknowledged(ref, &err);
+		res->token = res->acquired ? reply->element[1]->integer : 0;
+		res->lease_left_ms = res->acquired ? reply->element[2]->integer : reply->element[1]->integer;
 		return true;
 	}
+	return false;
+}
+
+/*
+ * Whether a failure lets a wait in Sentinel mode go on: the master could not be reached, or the
+ * connection broke (a failover closes every client). The acquire script is safe to run again for the
+ * same acquisition (it finds itself owner, or queued, and keeps that), so whether it was sent does
+ * not matter. The wait then asks Sentinel again until its deadline.
+ */
+static bool
+may_retry_for_failover(bool may_wait_for_master, const RedisError *err)
+{
+	return may_wait_for_master && (err->unreachable || err->connection_lost);
+}
+
+/*
+ * Run the acquire script once for acquisition (followed by WAIT when replicas must acknowledge).
+ * Throws on failure (release.c undoes what was sent) — except, when may_wait_for_master, a master that
+ * cannot be reached or a connection that broke: then it returns false with *failure saying why.
+ */
+static bool
+acquire_call(const LockRef *ref, LockRequest req, const char *acquisition, int ttl_ms, const char *mode,
+			 AcquireResult *res, bool may_wait_for_master, RedisError *failure)
+{
+	RedisServer *server;
+	AcquireCommand ac;
+	RedisCommand cmds[2];
+	RedisScriptId ids[2] = {SCRIPT_ACQUIRE, SCRIPT_NONE};
+	redisReply *replies[2] = {NULL, NULL};
+	RedisError	err;
+	int			ncmds;
+	bool		ok;
+	bool		was_sent;
+
+	/* what earlier releases owe comes first on the stream */
+	if (!release_settle_reporting(true, &err))
+	{
+		if (may_retry_for_failover(may_wait_for_master, &err))
+		{
+			*failure = err;
+			return false;
+		}
+		redis_raise(&err);
+	}
+	server = redis_primary_server();
+	/* a cancel while connecting (a TLS handshake that hangs) leaves nothing to undo */
+	if (!redis_ensure_connected(server, true, &err))
+	{
+		if (may_retry_for_failover(may_wait_for_master, &err))
+		{
+			*failure = err;
+			return false;
+		}
+		redis_raise(&err);
+	}
+	acquire_command(ref, req, acquisition, ttl_ms, mode, &ac, &cmds[0]);
+	ncmds = replicas_append_wait(cmds, ids, 1);
+	/* from here on the call may reach Redis, even if an interrupt ends the wait for its answer */
+	was_sent = release_call_sent(true);
+	ok = script_run(server, ncmds, cmds, ids, replies,
+					redislock_command_timeout_ms + replicas_extra_ms(), true, &err);
+	names_lock_keys_free(&ac.keys);
+	if (!ok)
+	{
+		/* a call that never left (Redis refused the connection) has nothing to undo */
+		if (!err.sent)
+			release_call_sent(was_sent);
+		if (may_retry_for_failover(may_wait_for_master, &err))
+		{
+			*failure = err;
+			return false;
+		}
+		redis_raise(&err);
+	}
+	ok = acquire_reply(server, replies[0], res, &err);
+	if (ok && res->wrong_kind)
+	{
+		redis_free_replies(ncmds, replies);
+		wrong_kind(ref, req, res);
+	}
+	/* a lock taken must be on enough replicas; a place in the queue need not */
+	if (ok && res->acquired && ncmds > 1 && !replicas_acknowledged(server, replies[1], &err))
+	{
+		redis_free_replies(ncmds, replies);
+		undo_unacknowledged(ref, &err);
+	}
 	redis_free_replies(ncmds, replies);
-	redis_raise(&err);
+	if (!ok)
+		redis_raise(&err);
+	return true;
 }
 
 /*
@@ -184,13 +276,13 @@ acquire_call(const LockRef *ref, const char *acquisition, int ttl_ms, const char
  * (monotonic) is no later than the lease began.
  */
 bool
-lockop_try(const LockRef *ref, const char *acquisition, int ttl_ms, int64 *token,
+lockop_try(const LockRef *ref, LockRequest req, const char *acquisition, int ttl_ms, int64 *token,
 		   int64 *lease_start_ms)
 {
 	AcquireResult res;
 	int64		sent = redislock_monotonic_ms();
 
-	(void) acquire_call(ref, acquisition, ttl_ms, "try", &res, false, NULL);
+	(void) acquire_call(ref, req, acquisition, ttl_ms, "try", &res, false, NULL);
 	if (res.acquired)
 		stats_add(STATS_IMMEDIATE, 1);
 	*token = res.token;
@@ -206,21 +298,33 @@ typedef enum GrantWait
 } GrantWait;
 
 /*
- * Block in BLPOP on the acquisition's grant list for up to block_ms (followed by WAIT when replicas must
- * acknowledge the grant); *token is set when the lock was handed to it.
+ * Block in BLPOP on the acquisition's grant list for up to block_ms; *token is set when the lock was
+ * handed to it. When replicas must acknowledge the grant, the BLPOP is followed in the same write by a
+ * re-check (the acquire script, which confirms the grant with a write of this connection's own) and
+ * WAIT: WAIT counts only what the waiting connection itself wrote, and whether the pop of a BLPOP
+ * served by another client's push counts as the waiter's write is Redis's internal affair (7.0.15
+ * counts it); our own write makes it certain, for one script run and no round trip. Only a grant
+ * found by BLPOP counts here; any other outcome is left to the caller's next re-check.
  */
 static GrantWait
-wait_for_grant(const LockRef *ref, const char *acquisition, int block_ms, int64 *token)
+wait_for_grant(const LockRef *ref, LockRequest req, const char *acquisition, int ttl_ms, int block_ms,
+			   int64 *token,
+			   bool may_wait_for_master)
 {
 	RedisServer *server = redis_primary_server();
-	RedisCommand cmds[2];
-	redisReply *replies[2] = {NULL, NULL};
+	RedisCommand cmds[3];
+	RedisScriptId ids[3] = {SCRIPT_NONE, SCRIPT_ACQUIRE, SCRIPT_NONE};
+	redisReply *replies[3] = {NULL, NULL, NULL};
 	redisReply *reply;
+	AcquireCommand ac;
+	AcquireResult confirmed;
 	RedisError	err;
 	char	   *grant_key = names_grant_key(ref, acquisition);
 	char		seconds[32];
 	bool		granted = false;
-	int			ncmds;
+	bool		confirm = redislock_wait_replicas > 0;
+	int			ncmds = 1;
+	bool		ok;
 
 	snprintf(seconds, sizeof(seconds), "%d.%03d", block_ms / 1000, block_ms % 1000);
 	cmds[0].argc = 3;
@@ -230,23 +334,28 @@ wait_for_grant(const LockRef *ref, const char *acquisition, int block_ms, int64 
 	cmds[0].argvlen[1] = strlen(grant_key);
 	cmds[0].argv[2] = seconds;
 	cmds[0].argvlen[2] = strlen(seconds);
-	ncmds = replicas_append_wait(cmds, NULL, 1);
-	if (!redis_roundtrip(server, ncmds, cmds, replies,
-						 block_ms + redislock_command_timeout_ms + replicas_extra_ms(), true, &err))
+	if (confirm)
 	{
-		pfree(grant_key);
-
+		acquire_command(ref, req, acquisition, ttl_ms, "recheck", &ac, &cmds[1]);
+		ncmds = replicas_append_wait(cmds, ids, 2);
+	}
+	ok = script_run(server, ncmds, cmds, ids, replies,
+					block_ms + redislock_command_timeout_ms + replicas_extra_ms(), true, &err);
+	if (confirm)
+		names_lock_keys_free(&ac.keys);
+	pfree(grant_key);
+	if (!ok)
+	{
 		/*
 		 * The connection that carries our wake-up broke (CLIENT KILL, a proxy, a network blip, a
 		 * failover). Our place in the queue outlives it until the heartbeat lapses, and a grant
 		 * meanwhile is recorded in Redis: the caller re-checks on a new connection, and fails only if
 		 * that fails (and then release.c undoes the wait as soon as Redis can be reached).
 		 */
-		if (err.connection_lost)
+		if (err.connection_lost || may_retry_for_failover(may_wait_for_master, &err))
 			return GRANT_CONNECTION_LOST;
 		redis_raise(&err);
 	}
-	pfree(grant_key);
 
 	reply = replies[0];
 	if (reply->type == REDIS_REPLY_NIL)
@@ -273,10 +382,21 @@ wait_for_grant(const LockRef *ref, const char *acquisition, int block_ms, int64 
 	}
 	else
 		redis_error_malformed(server, "BLPOP answered with an unexpected shape", &err);
-	if (granted && ncmds > 1 && !replicas_acknowledged(server, replies[1], &err))
+	if (granted && confirm)
 	{
-		redis_free_replies(ncmds, replies);
-		undo_unacknowledged(ref, &err);
+		/* the re-check behind the BLPOP must find the same grant, and the replicas must have it */
+		if (!acquire_reply(server, replies[1], &confirmed, &err))
+			granted = false;
+		else if (!confirmed.acquired || confirmed.token != *token)
+		{
+			redis_free_replies(ncmds, replies);
+			return GRANT_NOT_YET;	/* the grant is gone already: the next re-check says why */
+		}
+		else if (!replicas_acknowledged(server, replies[2], &err))
+		{
+			redis_free_replies(ncmds, replies);
+			undo_unacknowledged(ref, &err);
+		}
 	}
 	redis_free_replies(ncmds, replies);
 	if (!granted)
@@ -305,6 +425,35 @@ give_up_wait(const LockRef *ref, int timeout_ms)
 }
 
 /*
+ * Fail this wait with 40P01 if it is the victim of a deadlock (deadlock.c): leave the queue first (and
+ * give on a grant that raced with it), as a timeout does.
+ */
+static void
+look_for_deadlock(const LockRef *ref, LockRequest req, const char *acquisition, int64 since_us)
+{
+	StringInfoData report;
+	ReleaseTicket *ticket;
+	int			owned;
+	RedisError	err;
+
+	initStringInfo(&report);
+	if (!deadlock_check(ref, (char) req.mode, acquisition, since_us, &report))
+	{
+		pfree(report.data);
+		return;
+	}
+	deadlock_unpublish(ref);
+	ticket = release_call_finished();
+	(void) release_now(1, &ticket, &owned, &err);
+	stats_add(STATS_DEADLOCKS, 1);
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+			 errmsg("deadlock detected"),
+			 errdetail_internal("%s", report.data),
+			 errhint("Take redis locks (and PostgreSQL locks) in one order everywhere, or use redis_wait_locks.")));
+}
+
+/*
  * Who holds the lock now, for a log line: palloc'd, or NULL when Redis cannot say. Never throws for
  * Redis's sake (a wait must not fail for its log line).
  */
@@ -323,7 +472,7 @@ current_holder(const LockRef *ref)
 	if (script_run(redis_primary_server(), 1, &cmd, &id, &reply, redislock_command_timeout_ms, true,
 				   &err))
 	{
-		if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4 &&
+		if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 6 &&
 			reply->element[0]->type == REDIS_REPLY_STRING && reply->element[0]->len > 0)
 			holder = pnstrdup(reply->element[0]->str, reply->element[0]->len);
 		freeReplyObject(reply);
@@ -375,7 +524,7 @@ pause_before_retry(int attempt, int64 deadline)
  * is no later than the moment Redis granted the lease.
  */
 int64
-lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout_ms,
+lockop_wait(const LockRef *ref, LockRequest req, const char *acquisition, int ttl_ms, int timeout_ms,
 			int64 *lease_start_ms)
 {
 	int64		deadline = 0;
@@ -388,6 +537,9 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 	bool		queued = false; /* it had to wait (counted once) */
 	int			unreachable_in_a_row = 0;	/* Sentinel mode: attempts that found no master */
 	RedisError	unreachable;
+	bool		follow_failover = redislock_sentinels[0] != '\0';
+	int64		since_us = GetCurrentTimestamp();	/* for the deadlock check's choice of victim */
+	int64		deadlock_checked_ms = 0;	/* when this wait last looked for a deadlock, or 0 */
 
 	if (timeout_ms > 0)
 		deadline = redislock_monotonic_ms() + timeout_ms;
@@ -398,8 +550,7 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		int			block_ms = REDISLOCK_RECHECK_MS;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!acquire_call(ref, acquisition, ttl_ms, mode, &res, redislock_sentinels[0] != '\0',
-						  &unreachable))
+		if (!acquire_call(ref, req, acquisition, ttl_ms, mode, &res, follow_failover, &unreachable))
 		{
 			/*
 			 * Sentinel mode: the master cannot be reached, as while Sentinel fails it over. The wait
@@ -421,14 +572,19 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 				stats_note_wait(redislock_monotonic_ms() - started);
 			if (logged)
 				log_wait(ref, redislock_monotonic_ms() - started, true);
+			if (deadlock_checked_ms != 0)
+				deadlock_unpublish(ref);
 			return res.token;
 		}
 		not_granted_at = sent;
 		if (!queued)
 		{
+			char		name[REDISLOCK_NAME_MAX + 1];
+
 			queued = true;
 			stats_add(STATS_WAITS, 1);
-			registry_wait_begin(ref->prefix, ref->key); /* for redis_lock_activity */
+			lock_table_name(name, req.mode, ref->key);
+			registry_wait_begin(ref->prefix, name);	/* for redis_lock_activity */
 		}
 		if (res.place_gone)
 		{
@@ -449,16 +605,21 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 				give_up_wait(ref, timeout_ms);
 			block_ms = (int) Min(block_ms, left);
 		}
+		/* the first look for a deadlock comes at deadlock_timeout, not at the next heartbeat */
+		if (redislock_deadlock_timeout_ms > 0 && deadlock_checked_ms == 0)
+			block_ms = (int) Min(block_ms, started + redislock_deadlock_timeout_ms - redislock_monotonic_ms());
 		block_ms = Max(block_ms, 10);
 
 		sent = redislock_monotonic_ms();
-		switch (wait_for_grant(ref, acquisition, block_ms, &res.token))
+		switch (wait_for_grant(ref, req, acquisition, ttl_ms, block_ms, &res.token, follow_failover))
 		{
 			case GRANT_RECEIVED:
 				*lease_start_ms = not_granted_at;
 				stats_note_wait(redislock_monotonic_ms() - started);
 				if (logged)
 					log_wait(ref, redislock_monotonic_ms() - started, true);
+				if (deadlock_checked_ms != 0)
+					deadlock_unpublish(ref);
 				return res.token;
 			case GRANT_NOT_YET:
 				not_granted_at = sent;
@@ -476,6 +637,18 @@ lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout
 		}
 		if (deadline != 0 && redislock_monotonic_ms() >= deadline)
 			give_up_wait(ref, timeout_ms);
+		if (redislock_deadlock_timeout_ms > 0 &&
+			redislock_monotonic_ms() - started >= redislock_deadlock_timeout_ms)
+		{
+			/* say what we wait for (again: the record lives for a few heartbeats), and look */
+			deadlock_publish(ref, (char) req.mode, acquisition, since_us);
+			if (deadlock_checked_ms == 0 ||
+				redislock_monotonic_ms() - deadlock_checked_ms >= redislock_deadlock_timeout_ms)
+			{
+				deadlock_checked_ms = redislock_monotonic_ms();
+				look_for_deadlock(ref, req, acquisition, since_us);
+			}
+		}
 		if (redislock_log_lock_waits && !logged &&
 			redislock_monotonic_ms() - started >= REDISLOCK_LOG_WAIT_AFTER_MS)
 		{
@@ -564,11 +737,13 @@ lockop_info(const LockRef *ref, LockInfo *info)
 
 	if (reply->type == REDIS_REPLY_ERROR)
 		redis_error_from_reply(server, reply, &err);
-	else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
+	else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 6 ||
 			 reply->element[0]->type != REDIS_REPLY_STRING ||
 			 !reply_is_integer(reply->element[1]) ||
 			 !reply_is_integer(reply->element[2]) ||
-			 !reply_is_integer(reply->element[3]))
+			 !reply_is_integer(reply->element[3]) ||
+			 !reply_is_integer(reply->element[4]) ||
+			 reply->element[5]->type != REDIS_REPLY_STRING)
 		redis_error_malformed(server, "info script answered with an unexpected shape", &err);
 	else
 	{
@@ -577,6 +752,8 @@ lockop_info(const LockRef *ref, LockInfo *info)
 		info->token = reply->element[1]->integer;
 		info->lease_left_ms = reply->element[2]->integer;
 		info->waiters = reply->element[3]->integer;
+		info->holders = reply->element[4]->integer;
+		info->mode = pnstrdup(reply->element[5]->str, reply->element[5]->len);
 		freeReplyObject(reply);
 		return;
 	}

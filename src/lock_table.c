@@ -2,7 +2,10 @@
  * lock_table.c
  *		This backend's held Redis locks: hold counts, fencing tokens, leases and subtransaction levels.
  *
- * Re-entrancy is answered here without a round trip: a key already held gains one more hold. Each hold
+ * A held lock is named by its mode's letter and its key (LockMode): one backend may hold a key both
+ * exclusive and shared, as with advisory locks, and those are two entries, two acquisitions in Redis.
+ *
+ * Re-entrancy is answered here without a round trip: a key already held in a mode gains one more hold. Each hold
  * remembers the transaction nesting level that took it, so that aborting a subtransaction drops exactly
  * the holds it took and committing one hands them to its parent. Holds are kept oldest first, and their
  * levels never decrease along the list.
@@ -33,7 +36,7 @@ table(void)
 	{
 		HASHCTL		ctl;
 
-		ctl.keysize = REDISLOCK_KEY_MAX + 1;
+		ctl.keysize = REDISLOCK_NAME_MAX + 1;
 		ctl.entrysize = sizeof(HeldLock);
 		ctl.hcxt = TopMemoryContext;
 		held_locks = hash_create("redislock held locks", 16, &ctl,
@@ -42,10 +45,21 @@ table(void)
 	return held_locks;
 }
 
-HeldLock *
-lock_table_find(const char *key)
+/* The local name of key held in mode (room for REDISLOCK_NAME_MAX + 1 bytes). */
+void
+lock_table_name(char *name, LockMode mode, const char *key)
 {
-	return hash_search(table(), key, HASH_FIND, NULL);
+	name[0] = (char) mode;
+	strlcpy(name + 1, key, REDISLOCK_NAME_MAX);
+}
+
+HeldLock *
+lock_table_find(const char *key, LockMode mode)
+{
+	char		name[REDISLOCK_NAME_MAX + 1];
+
+	lock_table_name(name, mode, key);
+	return hash_search(table(), name, HASH_FIND, NULL);
 }
 
 /* A session lock that no keeper would renew must not be taken: it would lapse under its holder. */
@@ -66,12 +80,14 @@ session_lock_unrenewed(const char *key)
  * hold of this (sub)transaction, so that the abort releases it.
  */
 HeldLock *
-lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, bool session)
+lock_table_add(const char *key, LockRequest req, int64 token, int ttl_ms, int64 lease_start_ms,
+			   bool session)
 {
 	bool		found;
 	HeldLock   *lock;
 	ReleaseTicket *ticket;
 	int		   *hold_levels;
+	char		name[REDISLOCK_NAME_MAX + 1];
 
 	if (walk_cap < lock_table_count() + 1)
 	{
@@ -82,8 +98,12 @@ lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms, b
 		walk_cap = cap;
 	}
 	hold_levels = MemoryContextAlloc(TopMemoryContext, 4 * sizeof(int));
-	lock = hash_search(table(), key, HASH_ENTER, &found);
+	lock_table_name(name, req.mode, key);
+	lock = hash_search(table(), name, HASH_ENTER, &found);
 	Assert(!found);
+	strlcpy(lock->key, key, sizeof(lock->key));
+	lock->mode = req.mode;
+	lock->permits = req.permits;
 	/* nothing below allocates until the registry: the entry is whole when the ticket moves */
 	ticket = release_call_finished();
 	strlcpy(lock->prefix, ticket->prefix, sizeof(lock->prefix));
@@ -128,10 +148,10 @@ lock_table_push_session_hold(HeldLock *lock)
 	int64		renewed_ms;
 	bool		lost;
 
-	if (!registry_lease(lock->key, &renewed_ms, &lost))
+	if (!registry_lease(lock->name, &renewed_ms, &lost))
 		session_lock_unrenewed(lock->key);
 	if (lock->session_holds++ == 0)
-		registry_note_session(lock->key);
+		registry_note_session(lock->name);
 }
 
 LockRef
@@ -166,9 +186,9 @@ lock_table_remove(HeldLock *lock)
 {
 	ReleaseTicket *ticket = lock->ticket;
 
-	registry_remove(lock->key);
+	registry_remove(lock->name);
 	pfree(lock->hold_levels);
-	hash_search(table(), lock->key, HASH_REMOVE, NULL);
+	hash_search(table(), lock->name, HASH_REMOVE, NULL);
 	return ticket;
 }
 

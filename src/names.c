@@ -82,3 +82,50 @@ names_grant_key(const LockRef *ref, const char *acquisition)
 {
 	return psprintf("{%s%s}:g:%s", ref->prefix, ref->key, acquisition);
 }
+
+/* The backend of an acquisition id: the id without its last ":<n>" (palloc'd). */
+char *
+names_backend_of(const char *acquisition)
+{
+	const char *colon = strrchr(acquisition, ':');
+
+	return colon ? pnstrdup(acquisition, colon - acquisition) : pstrdup(acquisition);
+}
+
+/*
+ * Where a backend that waits for a lock under prefix says so, for the deadlock check of other
+ * backends: "{<prefix>wf:<host>:<port>:<pid>}" for backend "<host>:<port>:<pid>:<nonce>" (the nonce is
+ * left out, so that a backend of this server can be looked up by its pid; the record names the whole
+ * backend id, which tells a later backend with the same pid apart). palloc'd.
+ */
+char *
+names_wait_record_key(const char *prefix, const char *backend)
+{
+	const char *colon = strrchr(backend, ':');
+	int			len = colon ? (int) (colon - backend) : (int) strlen(backend);
+
+	return psprintf("{%swf:%.*s}", prefix, len, backend);
+}
+
+/*
+ * Whether backend (an id as above) runs on this PostgreSQL server, and then its pid. Host names alone
+ * can repeat across machines; host and port together name one server.
+ */
+bool
+names_backend_is_local(const char *backend, int *pid)
+{
+	const char *mine = names_backend_id();
+	const char *p = strrchr(mine, ':');		/* mine is "<host>:<port>:<pid>:<nonce>" */
+	size_t		server_len;
+	char	   *end;
+
+	/* the server is what comes before ":<pid>:<nonce>" */
+	do
+		p--;
+	while (p > mine && *p != ':');
+	server_len = p - mine;
+	if (strncmp(backend, mine, server_len) != 0 || backend[server_len] != ':')
+		return false;
+	*pid = (int) strtol(backend + server_len + 1, &end, 10);
+	return *end == ':';
+}

@@ -40,6 +40,7 @@ struct RedisServer
 	bool		connected;		/* sock is open (connected, or connecting while in flight) */
 	bool		broken;			/* an I/O error or EOF met on it: it cannot be kept */
 	bool		not_master;		/* it answered READONLY: replace it (Sentinel names the new master) */
+	bool		named_not_master;	/* the last connect failed: ROLE said it is not a master */
 	Transport	sock;
 	redisReader *reader;		/* hiredis's protocol reader, one per connection */
 	char	   *out;			/* commands not written yet: out[out_sent..out_len) (malloc'd) */
@@ -381,8 +382,14 @@ feed_reader(RedisServer *server, TimestampTz deadline, int timeout_ms, bool inte
 		n = transport_read(&server->sock, buf, sizeof(buf), &st, why, sizeof(why));
 		if (n > 0)
 		{
+			/* no ERROR here: this may run in a commit callback (reading what releases owe) */
 			if (redisReaderFeed(server->reader, buf, n) != REDIS_OK)
-				elog(ERROR, "out of memory while reading from Redis");
+			{
+				server->broken = true;
+				set_error(err, ERRCODE_OUT_OF_MEMORY, NULL,
+						  "could not read from Redis at %s: out of memory", server->name);
+				return false;
+			}
 			return true;
 		}
 		if (st == TRANSPORT_WANT_READ || st == TRANSPORT_WANT_WRITE)
@@ -485,6 +492,16 @@ output_append(RedisServer *server, const char *buf, size_t len)
 	memcpy(server->out + server->out_len, buf, len);
 	server->out_len += len;
 	return true;
+}
+
+/*
+ * Room for bytes more of output, made ahead of a commit callback that sends releases without
+ * waiting (see release.c), so that it does not grow the buffer there. False when out of memory.
+ */
+bool
+redis_reserve_output(RedisServer *server, size_t bytes)
+{
+	return output_reserve(server, bytes);
 }
 
 /* Append commands to the server's output buffer, in the wire format. */
@@ -642,7 +659,7 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 		 * A TLS server drops a client that speaks plain text at once; under TLS 1.3 a server that
 		 * wants a client certificate says so only after the handshake, when it ends the connection.
 		 */
-		if (err->connection_lost && redislock_sslmode == REDIS_SSL_DISABLE)
+		if (err->connection_lost && (redislock_sslmode == REDIS_SSL_DISABLE || server->host[0] == '/'))
 			set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
 					  "If that port expects TLS (Redis's tls-port), set redislock.sslmode.",
 					  "could not connect to Redis at %s: the server closed the connection before answering",
@@ -675,6 +692,7 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 				  "Redis at %s, named master \"%s\" by Sentinel, is not a master (its role is %s)",
 				  server->name, redislock_sentinel_master, role);
 		err->unreachable = true;
+		server->named_not_master = true;
 		return false;
 	}
 	if (info_at >= 0)
@@ -725,22 +743,43 @@ tls_handshake(RedisServer *server, TimestampTz deadline, bool interruptible, Red
  * Connect within redislock.connect_timeout (after Sentinel, if configured, named the master); on
  * failure the server stays disconnected.
  */
+static bool server_connect_to(RedisServer *server, bool interruptible, RedisError *err);
+
 static bool
 server_connect(RedisServer *server, bool interruptible, RedisError *err)
+{
+	if (server->kind == SERVER_DATA && redislock_sentinels[0] != '\0')
+	{
+		/* a Sentinel that names a server which is not a master lags: ask the next one */
+		for (int tried = 1;; tried++)
+		{
+			if (!sentinel_locate_master(server->host, sizeof(server->host), &server->port,
+										interruptible, err))
+				return false;
+			server_set_name(server);
+			if (server_connect_to(server, interruptible, err))
+				return true;
+			if (!server->named_not_master || !sentinel_answer_was_wrong(tried))
+				return false;
+		}
+	}
+	server_set_configured_address(server);
+	return server_connect_to(server, interruptible, err);
+}
+
+/*
+ * Connect to the server's address within redislock.connect_timeout; on failure the server stays
+ * disconnected (server->named_not_master says whether ROLE refused it).
+ */
+static bool
+server_connect_to(RedisServer *server, bool interruptible, RedisError *err)
 {
 	TimestampTz deadline;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	HeldInterrupts held;
 	char		why[256];
 
-	if (server->kind == SERVER_DATA && redislock_sentinels[0] != '\0')
-	{
-		if (!sentinel_locate_master(server->host, sizeof(server->host), &server->port, interruptible, err))
-			return false;
-	}
-	else
-		server_set_configured_address(server);
-	server_set_name(server);
+	server->named_not_master = false;
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), redislock_connect_timeout_ms);
 
 	/*
@@ -814,7 +853,7 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 	if (!wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
 	{
 		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-				  server->kind == SERVER_SENTINEL ? connect_hint(server) :
+				  server->kind == SERVER_SENTINEL || redislock_sentinels[0] != '\0' ? connect_hint(server) :
 				  "Check redislock.host and redislock.port, or raise redislock.connect_timeout.",
 				  "could not connect to Redis at %s: timed out after %d ms",
 				  server->name, redislock_connect_timeout_ms);
@@ -830,7 +869,9 @@ server_connect(RedisServer *server, bool interruptible, RedisError *err)
 		redis_disconnect(server);
 		return false;
 	}
-	if ((redislock_sslmode != REDIS_SSL_DISABLE && !tls_handshake(server, deadline, interruptible, err)) ||
+	/* as libpq: a Unix socket is local, and TLS does not apply to it */
+	if ((redislock_sslmode != REDIS_SSL_DISABLE && server->host[0] != '/' &&
+		 !tls_handshake(server, deadline, interruptible, err)) ||
 		!handshake(server, deadline, interruptible, err))
 	{
 		redis_disconnect(server);
@@ -978,6 +1019,7 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
 	err->sent = false;
 	err->connection_lost = false;
 	err->timed_out = false;
+	err->unreachable = false;
 
 	/*
 	 * Replies owed to redis_send_unanswered come first on the stream. Their sender reads them before
@@ -1043,8 +1085,8 @@ redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds, redisR
  * which must happen before this connection's next round trip. Only on a connection that is up and idle
  * (the check needs one that owes no replies; one that does is taken as it is); otherwise nothing is
  * sent, err->sent is false, and the caller takes a round trip instead. Never throws and allocates
- * nothing of PostgreSQL's (hiredis's output buffer may grow); waits at most redislock.command_timeout,
- * and only when the socket's send buffer is full.
+ * nothing of PostgreSQL's (the output buffer grows only past what release.c reserved); waits at most
+ * redislock.command_timeout, and only when the socket's send buffer is full.
  */
 bool
 redis_send_unanswered(RedisServer *server, int ncmds, const RedisFormatted *cmds, RedisError *err)
@@ -1126,7 +1168,8 @@ redis_read_unanswered(RedisServer *server, redisReply **replies, bool interrupti
 /*
  * The Redis ACL rule that lets a user do all that redislock does under the current key prefix: its
  * keys (every one starts with "{<prefix>"), the commands it sends, and those its scripts call. INFO is
- * only for the eviction-policy check at connect, SELECT only for redislock.database.
+ * only for the eviction-policy check at connect, SELECT only for redislock.database, ROLE only for
+ * Sentinel mode, WAIT only for redislock.wait_replicas.
  */
 const char *
 redis_acl_rule(void)
@@ -1134,7 +1177,7 @@ redis_acl_rule(void)
 	static char rule[REDISLOCK_PREFIX_MAX + 256];
 
 	snprintf(rule, sizeof(rule),
-			 "~{%s* -@all +evalsha +eval +blpop +info +select +time +hget +hmget +hset +hdel +del +exists +pexpire +rpush +zadd +zrange +zrem +zcard",
+			 "~{%s* -@all +evalsha +eval +blpop +info +select +role +wait +time +hget +hgetall +hmget +hset +hsetnx +hdel +del +exists +set +pexpire +pttl +rpush +zadd +zrange +zrem +zcard +zscore",
 			 redislock_key_prefix);
 	return rule;
 }
@@ -1160,8 +1203,9 @@ redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError 
 	int			len = (int) Min(reply->len, 300);
 
 #define REPLY_STARTS(prefix) (strncmp(s, prefix, strlen(prefix)) == 0)
+	/* (Redis refuses a long command from a client that has not authenticated as a protocol error) */
 	if (REPLY_STARTS("NOAUTH") || REPLY_STARTS("WRONGPASS") || REPLY_STARTS("ERR invalid password") ||
-		REPLY_STARTS("ERR AUTH"))
+		REPLY_STARTS("ERR AUTH") || REPLY_STARTS("ERR Protocol error: unauthenticated"))
 	{
 		if (server->kind == SERVER_SENTINEL)
 			set_error(err, ERRCODE_INVALID_PASSWORD,

@@ -10,6 +10,7 @@
  *					(transport_*)
  *	sentinel.c		finding the master through Redis Sentinel (sentinel_*)
  *	replicas.c		confirming an acquisition or renewal with WAIT (replicas_*)
+ *	deadlock.c		finding cycles of waits through redis locks and PostgreSQL's locks (deadlock_*)
  *	names.c			every name redislock uses in Redis: the keys of a lock, the ids of its holders (names_*)
  *	scripts.c		the Lua scripts (embedded at build time), EVALSHA with NOSCRIPT fallback (script_*)
  *	lock_ops.c		taking a lock in Redis: try, wait in the FIFO queue; verify; inspect; force (lockop_*)
@@ -39,6 +40,7 @@
 #include <hiredis/hiredis.h>
 
 #include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "utils/timestamp.h"
@@ -53,6 +55,20 @@
 #define REDISLOCK_HOLDER_MAX 320
 
 /*
+ * How a key is held: exclusive, shared, or as a permit of a semaphore. The value is also the mode's
+ * letter in Redis (src/lua/common.lua) and the first byte of a held lock's local name (lock_table.c).
+ */
+typedef enum LockMode
+{
+	LOCK_EXCLUSIVE = 'x',
+	LOCK_SHARED = 's',
+	LOCK_SEMAPHORE = 'm'
+} LockMode;
+
+/* Longest local name of a held lock: the mode's letter, then the key. */
+#define REDISLOCK_NAME_MAX (REDISLOCK_KEY_MAX + 1)
+
+/*
  * A lock as Redis names it: the key prefix in force when it was taken, and the key. Changing
  * redislock.key_prefix later does not move a lock already held or waited for.
  */
@@ -61,6 +77,13 @@ typedef struct LockRef
 	const char *prefix;
 	const char *key;
 } LockRef;
+
+/* What a lock call asks for: a mode, and for a semaphore its permits. */
+typedef struct LockRequest
+{
+	LockMode	mode;
+	int			permits;
+} LockRequest;
 
 /*
  * How often a waiting backend re-checks its place (heartbeat), and how long a queued waiter that stops
@@ -145,6 +168,7 @@ extern char *redislock_sentinel_username;
 extern char *redislock_sentinel_password;
 extern int	redislock_wait_replicas;
 extern int	redislock_wait_replicas_timeout_ms;
+extern int	redislock_deadlock_timeout_ms;
 
 /* redislock.sslmode, in the order of the checks each one adds */
 typedef enum RedisSslMode
@@ -250,6 +274,7 @@ extern int	redis_unanswered(RedisServer *server);
 extern bool redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible,
 								  RedisError *err);
 extern void redis_reserve_replies(RedisServer *server, int n);
+extern bool redis_reserve_output(RedisServer *server, size_t bytes);
 extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);
 extern uint64 redis_connection_epoch(RedisServer *server);
@@ -267,6 +292,7 @@ extern uint32 redis_wait_event(void);
 extern bool sentinel_locate_master(char *host, size_t hostlen, int *port, bool interruptible,
 								   RedisError *err);
 extern bool sentinel_check_list(const char *list, char *problem, size_t len);
+extern bool sentinel_answer_was_wrong(int tried);
 
 /* names.c */
 
@@ -286,6 +312,9 @@ extern void names_new_acquisition(char *buf, size_t len);
 extern void names_lock_keys(const LockRef *ref, LockKeys *keys);
 extern void names_lock_keys_free(LockKeys *keys);
 extern char *names_grant_key(const LockRef *ref, const char *acquisition);
+extern char *names_backend_of(const char *acquisition);
+extern char *names_wait_record_key(const char *prefix, const char *backend);
+extern bool names_backend_is_local(const char *backend, int *pid);
 
 /* scripts.c */
 typedef enum RedisScriptId
@@ -295,6 +324,7 @@ typedef enum RedisScriptId
 	SCRIPT_VERIFY,
 	SCRIPT_INFO,
 	SCRIPT_FORCE,
+	SCRIPT_HOLDERS,
 	SCRIPT_NONE					/* a plain command sent along with scripts (WAIT) */
 } RedisScriptId;
 
@@ -343,21 +373,24 @@ extern void release_enqueue(ReleaseTicket *ticket, bool warn_if_lost);
 extern void release_at_xact_end(bool wait);
 extern bool release_now(int n, ReleaseTicket **tickets, int *owned, RedisError *err);
 extern void release_settle(bool interruptible);
+extern bool release_settle_reporting(bool interruptible, RedisError *err);
 
 /* lock_ops.c */
 typedef struct LockInfo
 {
 	bool		held;
-	char	   *holder;
+	char	   *holder;			/* the exclusive holder, or one of the shared ones */
 	int64		token;
 	int64		lease_left_ms;
 	int64		waiters;
+	int64		holders;
+	char	   *mode;			/* 'exclusive', 'shared', 'semaphore', or '' when free */
 } LockInfo;
 
-extern bool lockop_try(const LockRef *ref, const char *acquisition, int ttl_ms, int64 *token,
-					   int64 *lease_start_ms);
-extern int64 lockop_wait(const LockRef *ref, const char *acquisition, int ttl_ms, int timeout_ms,
-						 int64 *lease_start_ms);
+extern bool lockop_try(const LockRef *ref, LockRequest req, const char *acquisition, int ttl_ms,
+					   int64 *token, int64 *lease_start_ms);
+extern int64 lockop_wait(const LockRef *ref, LockRequest req, const char *acquisition, int ttl_ms,
+						 int timeout_ms, int64 *lease_start_ms);
 extern bool lockop_verify_many(int n, const LockRef *refs, const char *const *acquisitions,
 							   const int64 *tokens, const int *keep_ms, int *kept,
 							   bool interruptible, RedisError *err);
@@ -367,7 +400,10 @@ extern bool lockop_force(const LockRef *ref);
 /* lock_table.c */
 typedef struct HeldLock
 {
-	char		key[REDISLOCK_KEY_MAX + 1]; /* hash key: the lock key as given */
+	char		name[REDISLOCK_NAME_MAX + 1];	/* hash key: the mode's letter, then the key */
+	char		key[REDISLOCK_KEY_MAX + 1]; /* the lock key as given */
+	LockMode	mode;
+	int			permits;		/* a semaphore's */
 	char		prefix[REDISLOCK_PREFIX_MAX + 1];	/* redislock.key_prefix when taken */
 	char		acquisition[REDISLOCK_HOLDER_MAX + 1];	/* who holds it in Redis: this acquisition */
 	int64		token;			/* fencing token of this acquisition */
@@ -382,9 +418,10 @@ typedef struct HeldLock
 	ReleaseTicket *ticket;		/* its release */
 } HeldLock;
 
-extern HeldLock *lock_table_find(const char *key);
-extern HeldLock *lock_table_add(const char *key, int64 token, int ttl_ms, int64 lease_start_ms,
-								bool session);
+extern void lock_table_name(char *name, LockMode mode, const char *key);
+extern HeldLock *lock_table_find(const char *key, LockMode mode);
+extern HeldLock *lock_table_add(const char *key, LockRequest req, int64 token, int ttl_ms,
+								int64 lease_start_ms, bool session);
 extern LockRef lock_table_ref(const HeldLock *lock);
 extern void lock_table_push_hold(HeldLock *lock);
 extern void lock_table_pop_hold(HeldLock *lock);
@@ -399,7 +436,7 @@ extern void lock_table_reassign_level(int from_level, int to_level);
 typedef struct RenewalItem
 {
 	int			pid;
-	char		key[REDISLOCK_KEY_MAX + 1];
+	char		name[REDISLOCK_NAME_MAX + 1];	/* mode letter, key */
 	char		prefix[REDISLOCK_PREFIX_MAX + 1];
 	char		acquisition[REDISLOCK_HOLDER_MAX + 1];
 	int64		token;
@@ -412,6 +449,7 @@ typedef struct RegistryRow
 {
 	int			pid;
 	char		key[REDISLOCK_KEY_MAX + 1];
+	LockMode	mode;
 	char		prefix[REDISLOCK_PREFIX_MAX + 1];
 	bool		granted;
 	bool		session;
@@ -423,9 +461,9 @@ typedef struct RegistryRow
 
 extern int	redislock_max_locks;
 extern void registry_install_hooks(void);
-extern void registry_wait_begin(const char *prefix, const char *key);
-extern void registry_wait_end(const char *key);
-extern void registry_note_session(const char *key);
+extern void registry_wait_begin(const char *prefix, const char *name);
+extern void registry_wait_end(const char *name);
+extern void registry_note_session(const char *name);
 extern int	registry_snapshot(RegistryRow **rows);
 extern bool registry_active(void);
 extern bool registry_tracks_session(void);
@@ -433,11 +471,17 @@ extern void registry_keeper_started(void);
 extern void registry_keeper_tick(void);
 extern void registry_drop_dead(void);
 extern bool registry_add(const HeldLock *lock);
-extern void registry_remove(const char *key);
-extern bool registry_lease(const char *key, int64 *renewed_ms, bool *lost);
-extern void registry_extend(const char *key, int ttl_ms, int64 renewed_ms);
+extern void registry_remove(const char *name);
+extern bool registry_lease(const char *name, int64 *renewed_ms, bool *lost);
+extern void registry_extend(const char *name, int ttl_ms, int64 renewed_ms);
 extern int	registry_collect_due(int64 now_ms, RenewalItem *items, int max);
 extern void registry_record(const RenewalItem *item, bool kept, int64 renewed_ms);
+
+/* deadlock.c */
+extern void deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 since_us);
+extern void deadlock_unpublish(const LockRef *ref);
+extern bool deadlock_check(const LockRef *ref, char mode, const char *acquisition, int64 since_us,
+						   StringInfo report);
 
 /* stats.c */
 typedef enum StatsCounter

@@ -3,9 +3,9 @@
  *		The server-wide registry of held Redis locks, in shared memory, for the lease keeper.
  *
  * It exists only when redislock is in shared_preload_libraries. Each backend enters the locks it
- * holds (pid, key, prefix, acquisition id, token, lease) and removes them when it releases them; the
- * lease keeper (keeper.c) reads it to renew leases and writes back when it renewed a lease or found a
- * lock lost. One LWLock guards the table; every section under it is short and does no I/O.
+ * holds (pid, local name — the mode's letter and the key —, prefix, acquisition id, token, lease) and
+ * removes them when it releases them; the lease keeper (keeper.c) reads it to renew leases and
+ * writes back when it renewed a lease or found a lock lost. One LWLock guards the table; every section under it is short and does no I/O.
  *
  * The table is a fixed-size hash in shared memory of its own, sized by redislock.max_locks at server
  * start: it never grows into the spare shared memory that PostgreSQL's lock manager needs, and a lock
@@ -33,7 +33,7 @@
 typedef struct RegistryTag
 {
 	int			pid;
-	char		key[REDISLOCK_KEY_MAX + 1];
+	char		name[REDISLOCK_NAME_MAX + 1];	/* the lock's local name: mode letter, key */
 } RegistryTag;
 
 typedef struct RegistryEntry
@@ -190,11 +190,11 @@ registry_active(void)
 }
 
 static void
-make_tag(RegistryTag *tag, int pid, const char *key)
+make_tag(RegistryTag *tag, int pid, const char *name)
 {
 	memset(tag, 0, sizeof(*tag));
 	tag->pid = pid;
-	strlcpy(tag->key, key, sizeof(tag->key));
+	strlcpy(tag->name, name, sizeof(tag->name));
 }
 
 /*
@@ -212,7 +212,7 @@ registry_add(const HeldLock *lock)
 
 	if (!keeper_serves_session(false))
 		return false;
-	make_tag(&tag, MyProcPid, lock->key);
+	make_tag(&tag, MyProcPid, lock->name);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	entry = hash_search(registry, &tag, HASH_ENTER_NULL, &found);
 	if (entry != NULL)
@@ -238,41 +238,41 @@ registry_add(const HeldLock *lock)
 }
 
 void
-registry_remove(const char *key)
+registry_remove(const char *name)
 {
 	RegistryTag tag;
 
 	if (registry == NULL)
 		return;
-	make_tag(&tag, MyProcPid, key);
+	make_tag(&tag, MyProcPid, name);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	hash_search(registry, &tag, HASH_REMOVE, NULL);
 	LWLockRelease(registry_lock);
 }
 
 /*
- * This backend's entry for key, or NULL, with the registry's lock held exclusively: the caller
+ * This backend's entry for the lock of that local name, or NULL, with the registry's lock held exclusively: the caller
  * releases it.
  */
 static RegistryEntry *
-lock_own_entry(const char *key)
+lock_own_entry(const char *name)
 {
 	RegistryTag tag;
 
-	make_tag(&tag, MyProcPid, key);
+	make_tag(&tag, MyProcPid, name);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	return hash_search(registry, &tag, HASH_FIND, NULL);
 }
 
 /* redis_extend_lock: the keeper renews key for ttl_ms from now on; renewed at renewed_ms. */
 void
-registry_extend(const char *key, int ttl_ms, int64 renewed_ms)
+registry_extend(const char *name, int ttl_ms, int64 renewed_ms)
 {
 	RegistryEntry *entry;
 
 	if (registry == NULL)
 		return;
-	entry = lock_own_entry(key);
+	entry = lock_own_entry(name);
 	if (entry != NULL && entry->granted)
 	{
 		entry->ttl_ms = ttl_ms;
@@ -286,14 +286,14 @@ registry_extend(const char *key, int ttl_ms, int64 renewed_ms)
  * was found lost. False when there is no registry or no entry.
  */
 bool
-registry_lease(const char *key, int64 *renewed_ms, bool *lost)
+registry_lease(const char *name, int64 *renewed_ms, bool *lost)
 {
 	RegistryTag tag;
 	RegistryEntry *entry;
 
 	if (registry == NULL)
 		return false;
-	make_tag(&tag, MyProcPid, key);
+	make_tag(&tag, MyProcPid, name);
 	LWLockAcquire(registry_lock, LW_SHARED);
 	entry = hash_search(registry, &tag, HASH_FIND, NULL);
 	if (entry != NULL && !entry->granted)
@@ -327,7 +327,7 @@ registry_collect_due(int64 now_ms, RenewalItem *items, int max)
 		if (!entry->granted || entry->lost || now_ms < entry->renewed_ms + entry->ttl_ms / 3)
 			continue;
 		items[n].pid = entry->tag.pid;
-		strlcpy(items[n].key, entry->tag.key, sizeof(items[n].key));
+		strlcpy(items[n].name, entry->tag.name, sizeof(items[n].name));
 		strlcpy(items[n].prefix, entry->prefix, sizeof(items[n].prefix));
 		strlcpy(items[n].acquisition, entry->acquisition, sizeof(items[n].acquisition));
 		items[n].token = entry->token;
@@ -397,7 +397,7 @@ registry_record(const RenewalItem *item, bool kept, int64 renewed_ms)
 	RegistryTag tag;
 	RegistryEntry *entry;
 
-	make_tag(&tag, item->pid, item->key);
+	make_tag(&tag, item->pid, item->name);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	entry = hash_search(registry, &tag, HASH_FIND, NULL);
 	/* the backend may have released it, or taken it again, meanwhile */
@@ -420,7 +420,7 @@ registry_record(const RenewalItem *item, bool kept, int64 renewed_ms)
 static bool wait_listed = false;	/* this backend has a wait entry (no lock taken to ask) */
 
 void
-registry_wait_begin(const char *prefix, const char *key)
+registry_wait_begin(const char *prefix, const char *name)
 {
 	RegistryTag tag;
 	RegistryEntry *entry;
@@ -429,7 +429,7 @@ registry_wait_begin(const char *prefix, const char *key)
 	if (registry == NULL)
 		return;
 	wait_listed = true;
-	make_tag(&tag, MyProcPid, key);
+	make_tag(&tag, MyProcPid, name);
 	LWLockAcquire(registry_lock, LW_EXCLUSIVE);
 	entry = hash_search(registry, &tag, HASH_ENTER_NULL, &found);
 	if (entry != NULL && !found)
@@ -449,14 +449,14 @@ registry_wait_begin(const char *prefix, const char *key)
 
 /* The wait for key ended (the lock, if taken, has its own entry by now): drop what is left of it. */
 void
-registry_wait_end(const char *key)
+registry_wait_end(const char *name)
 {
 	RegistryEntry *entry;
 
 	if (registry == NULL || !wait_listed)
 		return;
 	wait_listed = false;
-	entry = lock_own_entry(key);
+	entry = lock_own_entry(name);
 	if (entry != NULL && !entry->granted)
 		hash_search(registry, &entry->tag, HASH_REMOVE, NULL);
 	LWLockRelease(registry_lock);
@@ -464,13 +464,13 @@ registry_wait_end(const char *key)
 
 /* A lock of ours gained a session hold. */
 void
-registry_note_session(const char *key)
+registry_note_session(const char *name)
 {
 	RegistryEntry *entry;
 
 	if (registry == NULL)
 		return;
-	entry = lock_own_entry(key);
+	entry = lock_own_entry(name);
 	if (entry != NULL)
 		entry->session = true;
 	LWLockRelease(registry_lock);
@@ -508,7 +508,8 @@ registry_snapshot(RegistryRow **rows)
 		RegistryRow *r = &(*rows)[n++];
 
 		r->pid = entry->tag.pid;
-		strlcpy(r->key, entry->tag.key, sizeof(r->key));
+		strlcpy(r->key, entry->tag.name + 1, sizeof(r->key));
+		r->mode = (LockMode) entry->tag.name[0];
 		strlcpy(r->prefix, entry->prefix, sizeof(r->prefix));
 		r->granted = entry->granted;
 		r->session = entry->session;

@@ -53,6 +53,7 @@ static redisReply **answers = NULL;
 
 static ReleaseTicket *call_ticket = NULL;	/* the lock call in flight */
 static bool call_sent = false;	/* it may have reached Redis */
+static size_t ticket_bytes = 0;	/* the release commands of every live ticket */
 
 /* Grow the arrays to hold n tickets; only where an ERROR is allowed. */
 static void
@@ -104,6 +105,13 @@ release_ticket_make(const LockRef *ref, const char *acquisition, int ttl_ms)
 	t->ttl_ms = ttl_ms;
 	MemoryContextSwitchTo(old);
 	ntickets++;
+	/* the commit that sends every live ticket's release at once finds room for them in the buffer */
+	ticket_bytes += t->command_len;
+	if (!redis_reserve_output(redis_primary_server_as_is(), ticket_bytes))
+	{
+		release_ticket_free(t);
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	}
 	return t;
 }
 
@@ -113,6 +121,7 @@ release_ticket_free(ReleaseTicket *t)
 	pfree(t->key);
 	pfree(t->prefix);
 	pfree(t->acquisition);
+	ticket_bytes -= t->command_len;
 	pfree(t->command);
 	pfree(t);
 	ntickets--;
@@ -437,24 +446,36 @@ release_settle(bool interruptible)
 {
 	RedisError	err;
 
+	if (!release_settle_reporting(interruptible, &err))
+		redis_raise(&err);
+}
+
+/*
+ * release_settle, but what it would raise is returned in err instead (false), for a caller that
+ * decides: a wait in Sentinel mode goes on while the master cannot be reached. Interrupts still throw.
+ */
+bool
+release_settle_reporting(bool interruptible, RedisError *err)
+{
 	if (nowed == 0)
-		return;
-	if (!read_sent_answers(interruptible, &err))
+		return true;
+	if (!read_sent_answers(interruptible, err))
 	{
 		/* a stalled Redis: the operation that follows would wait as long again; it fails now */
-		if (interruptible && err.timed_out)
-			redis_raise(&err);
+		if (interruptible && err->timed_out)
+			return false;
 	}
 	drop_forgotten();
 	if (nowed == 0)
-		return;
+		return true;
 	if (interruptible)
 	{
-		if (!run_unsent(true, &err) && (err.timed_out || !err.sent || err.connection_lost))
-			redis_raise(&err);
+		if (!run_unsent(true, err) && (err->timed_out || !err->sent || err->connection_lost))
+			return false;
 	}
 	else
-		(void) run_unsent_quietly(&err);
+		(void) run_unsent_quietly(err);
+	return true;
 }
 
 /*

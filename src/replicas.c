@@ -6,9 +6,10 @@
  * lock with it, and the replica promoted in its place may grant it again. With wait_replicas above 0,
  * the command that may acquire or renew a lock is followed, in the same write, by WAIT <replicas>
  * <timeout> on the same connection: Redis answers WAIT once that many replicas have everything this
- * connection wrote, so the cost is the replication delay and no extra round trip. Replication is in
- * order, so a WAIT after the BLPOP that takes a grant (a write) also covers the grant that the
- * releasing backend's script made.
+ * connection wrote, so the cost is the replication delay and no extra round trip. Every script that
+ * WAIT follows writes something of its own on that connection (a lock's TTL at least); a grant taken
+ * by BLPOP is confirmed by the acquire script run behind it (lock_ops.c). Replication is in order, so
+ * that write also covers the grant that the releasing backend's script made.
  */
 #include "redislock.h"
 

@@ -25,8 +25,29 @@ typedef struct SentinelAddress
 	int			port;
 } SentinelAddress;
 
+static int	parse_list(const char *list, SentinelAddress *out, char *problem, size_t len);
+
 /* The index of the Sentinel that answered last, asked first next time. */
 static int	first_to_ask = 0;
+static int	last_answered = -1;
+
+/*
+ * The master that the Sentinel which answered last named is not a master (ROLE says so): that Sentinel
+ * lags behind a failover. Ask the next one first from now on. Returns whether another Sentinel is
+ * left to ask in this search (attempts made so far: tried).
+ */
+bool
+sentinel_answer_was_wrong(int tried)
+{
+	SentinelAddress addrs[SENTINELS_MAX];
+	char		problem[256];
+	int			n = parse_list(redislock_sentinels, addrs, problem, sizeof(problem));
+
+	if (n <= 0 || last_answered < 0)
+		return false;
+	first_to_ask = (last_answered + 1) % n;
+	return tried < n;
+}
 
 /*
  * Parse "host:port, host:port, [v6 address]:port" into out[] (at most SENTINELS_MAX). Returns the count,
@@ -156,6 +177,9 @@ parse_answer(const redisReply *reply, char *host, size_t hostlen, int *port)
 	p = strtol(buf, &end, 10);
 	if (errno != 0 || *end != '\0' || p < 1 || p > 65535)
 		return false;
+	/* an address or a host name, never a path: a Sentinel must not point us at a local socket */
+	if (reply->element[0]->str[0] == '/' || memchr(reply->element[0]->str, '\0', reply->element[0]->len))
+		return false;
 	memcpy(host, reply->element[0]->str, reply->element[0]->len);
 	host[reply->element[0]->len] = '\0';
 	*port = (int) p;
@@ -165,8 +189,9 @@ parse_answer(const redisReply *reply, char *host, size_t hostlen, int *port)
 /*
  * Ask the Sentinels where the master redislock.sentinel_master is: its host (or address) and port. On
  * failure err says what was tried: 28P01 when the Sentinels that could be reached refused the
- * credentials, else 08001. Outside interruptible calls (a commit or abort callback) all the asking
- * together stays within one connect_timeout.
+ * credentials, else 08001. Outside interruptible calls (a commit or abort callback) no further Sentinel
+ * is asked once connect_timeout has passed: the asking takes at most about connect_timeout +
+ * command_timeout, then the master's own connect_timeout.
  */
 bool
 sentinel_locate_master(char *host, size_t hostlen, int *port, bool interruptible, RedisError *err)
@@ -238,7 +263,7 @@ sentinel_locate_master(char *host, size_t hostlen, int *port, bool interruptible
 		{
 			freeReplyObject(reply);
 			redis_disconnect(server);
-			first_to_ask = i;
+			first_to_ask = last_answered = i;
 			return true;
 		}
 		else

@@ -36,6 +36,7 @@ char	   *redislock_sentinel_username = NULL;
 char	   *redislock_sentinel_password = NULL;
 int			redislock_wait_replicas = 0;
 int			redislock_wait_replicas_timeout_ms = 500;
+int			redislock_deadlock_timeout_ms = 1000;
 
 static const struct config_enum_entry sslmode_options[] = {
 	{"disable", REDIS_SSL_DISABLE, false},
@@ -260,6 +261,14 @@ redislock_define_settings(void)
 							NULL,
 							&redislock_wait_replicas_timeout_ms,
 							500, 1, REDISLOCK_TIMEOUT_MAX_MS,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("redislock.deadlock_timeout",
+							"How long a wait for a redis lock lasts before it looks for a deadlock; 0 never looks.",
+							"As deadlock_timeout for PostgreSQL's own locks: a cycle of waits through this backend fails it with 40P01.",
+							&redislock_deadlock_timeout_ms,
+							1000, 0, REDISLOCK_TIMEOUT_MAX_MS,
 							PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

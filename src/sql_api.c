@@ -34,6 +34,14 @@ PG_FUNCTION_INFO_V1(redis_lock_activity);
 PG_FUNCTION_INFO_V1(redis_blocking_pids);
 PG_FUNCTION_INFO_V1(redis_lock_stats);
 PG_FUNCTION_INFO_V1(redis_lock_stats_reset);
+PG_FUNCTION_INFO_V1(redis_wait_lock_shared);
+PG_FUNCTION_INFO_V1(redis_try_lock_shared);
+PG_FUNCTION_INFO_V1(redis_session_lock_shared);
+PG_FUNCTION_INFO_V1(redis_try_session_lock_shared);
+PG_FUNCTION_INFO_V1(redis_unlock_shared);
+PG_FUNCTION_INFO_V1(redis_wait_semaphore);
+PG_FUNCTION_INFO_V1(redis_try_semaphore);
+PG_FUNCTION_INFO_V1(redis_wait_locks);
 
 /* The key argument as a C string, checked. */
 static char *
@@ -116,19 +124,19 @@ timeout_arg(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
- * Take key for this transaction (session: for the session), waiting in its queue or not. A key this
- * backend already holds gets one more hold, with no round trip. Returns whether it was taken; *token
- * is its fencing token. Every call to Redis is a new acquisition, with an id of its own (names.c).
+ * Take key in req's mode for this transaction (session: for the session), waiting in its queue or not.
+ * A key this backend already holds in that mode gets one more hold, with no round trip. Returns
+ * whether it was taken; *token is its fencing token. Every call to Redis is a new acquisition, with an
+ * id of its own (names.c).
  */
 static bool
-take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
+take_lock(const char *key, LockRequest req, int ttl_ms, int timeout_ms, bool wait, bool session,
+		  int64 *token)
 {
-	char	   *key = key_arg(fcinfo, 0);
-	int			ttl_ms = ttl_arg(fcinfo, 1);
-	int			timeout_ms = wait ? timeout_arg(fcinfo, 2) : 0;
-	HeldLock   *lock = lock_table_find(key);
+	HeldLock   *lock = lock_table_find(key, req.mode);
 	LockRef		ref = {redislock_key_prefix, key};
 	char		acquisition[REDISLOCK_HOLDER_MAX + 1];
+	char		name[REDISLOCK_NAME_MAX + 1];
 	ReleaseTicket *ticket;
 	int64		lease_start_ms;
 	bool		taken = true;
@@ -141,6 +149,12 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 				 errdetail("redislock.key_prefix is now \"%s\"; one backend holds one lock per key name.",
 						   redislock_key_prefix),
 				 errhint("Release the lock, or set redislock.key_prefix back, before locking this key again.")));
+	if (lock != NULL && req.mode == LOCK_SEMAPHORE && lock->permits != req.permits)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis semaphore \"%s\" is in use with %d permits, not %d", key, lock->permits,
+						req.permits),
+				 errhint("Every caller of one semaphore must give the same number of permits.")));
 	if (lock != NULL && xact_forget_if_lost(lock))
 		lock = NULL;
 	if (lock != NULL && lock->nholds == 0 && lock->session_holds == 0)
@@ -165,16 +179,17 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	names_new_acquisition(acquisition, sizeof(acquisition));
 	ticket = release_ticket_make(&ref, acquisition, ttl_ms);
 	release_call_started(ticket);
+	lock_table_name(name, req.mode, key);
 	if (wait)
 	{
 		/* once queued, the wait shows in redis_lock_activity (keeper mode) until it ends, however */
 		PG_TRY();
 		{
-			*token = lockop_wait(&ref, acquisition, ttl_ms, timeout_ms, &lease_start_ms);
+			*token = lockop_wait(&ref, req, acquisition, ttl_ms, timeout_ms, &lease_start_ms);
 		}
 		PG_CATCH();
 		{
-			registry_wait_end(key);
+			registry_wait_end(name);
 			if (geterrcode() == ERRCODE_QUERY_CANCELED)
 				stats_add(STATS_CANCELS, 1);
 			PG_RE_THROW();
@@ -182,7 +197,7 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 		PG_END_TRY();
 	}
 	else
-		taken = lockop_try(&ref, acquisition, ttl_ms, token, &lease_start_ms);
+		taken = lockop_try(&ref, req, acquisition, ttl_ms, token, &lease_start_ms);
 	if (!taken)
 	{
 		release_ticket_free(release_call_finished());
@@ -191,15 +206,35 @@ take_lock(FunctionCallInfo fcinfo, bool wait, bool session, int64 *token)
 	stats_add(STATS_ACQUISITIONS, 1);
 	PG_TRY();
 	{
-		lock_table_add(key, *token, ttl_ms, lease_start_ms, session);
+		lock_table_add(key, req, *token, ttl_ms, lease_start_ms, session);
 	}
 	PG_FINALLY();
 	{
 		if (wait)
-			registry_wait_end(key);		/* (a lock the registry took is no longer a wait) */
+			registry_wait_end(name);	/* (a lock the registry took is no longer a wait) */
 	}
 	PG_END_TRY();
 	return true;
+}
+
+static const LockRequest exclusive_request = {LOCK_EXCLUSIVE, 0};
+static const LockRequest shared_request = {LOCK_SHARED, 0};
+
+static const char *
+lock_mode_name(LockMode mode)
+{
+	return mode == LOCK_SHARED ? "shared" : mode == LOCK_SEMAPHORE ? "semaphore" : "exclusive";
+}
+
+/* take_lock for the functions whose arguments are (key, ttl, timeout) */
+static bool
+take_lock_args(FunctionCallInfo fcinfo, LockRequest req, bool wait, bool session, int64 *token)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	int			ttl_ms = ttl_arg(fcinfo, 1);
+	int			timeout_ms = wait ? timeout_arg(fcinfo, 2) : 0;
+
+	return take_lock(key, req, ttl_ms, timeout_ms, wait, session, token);
 }
 
 /* Session locks live only as long as the lease keeper renews them. */
@@ -219,7 +254,7 @@ redis_wait_lock(PG_FUNCTION_ARGS)
 {
 	int64		token;
 
-	take_lock(fcinfo, true, false, &token);
+	take_lock_args(fcinfo, exclusive_request, true, false, &token);
 	PG_RETURN_INT64(token);
 }
 
@@ -228,7 +263,7 @@ redis_try_lock(PG_FUNCTION_ARGS)
 {
 	int64		token;
 
-	PG_RETURN_BOOL(take_lock(fcinfo, false, false, &token));
+	PG_RETURN_BOOL(take_lock_args(fcinfo, exclusive_request, false, false, &token));
 }
 
 Datum
@@ -237,7 +272,7 @@ redis_session_lock(PG_FUNCTION_ARGS)
 	int64		token;
 
 	require_keeper();
-	take_lock(fcinfo, true, true, &token);
+	take_lock_args(fcinfo, exclusive_request, true, true, &token);
 	PG_RETURN_INT64(token);
 }
 
@@ -247,7 +282,79 @@ redis_try_session_lock(PG_FUNCTION_ARGS)
 	int64		token;
 
 	require_keeper();
-	PG_RETURN_BOOL(take_lock(fcinfo, false, true, &token));
+	PG_RETURN_BOOL(take_lock_args(fcinfo, exclusive_request, false, true, &token));
+}
+
+Datum
+redis_wait_lock_shared(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	take_lock_args(fcinfo, shared_request, true, false, &token);
+	PG_RETURN_INT64(token);
+}
+
+Datum
+redis_try_lock_shared(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	PG_RETURN_BOOL(take_lock_args(fcinfo, shared_request, false, false, &token));
+}
+
+Datum
+redis_session_lock_shared(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	require_keeper();
+	take_lock_args(fcinfo, shared_request, true, true, &token);
+	PG_RETURN_INT64(token);
+}
+
+Datum
+redis_try_session_lock_shared(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	require_keeper();
+	PG_RETURN_BOOL(take_lock_args(fcinfo, shared_request, false, true, &token));
+}
+
+/* A semaphore's permits argument, checked. */
+static LockRequest
+semaphore_request(FunctionCallInfo fcinfo, int argno)
+{
+	LockRequest req = {LOCK_SEMAPHORE, 0};
+
+	if (PG_ARGISNULL(argno) || PG_GETARG_INT32(argno) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for argument \"permits\""),
+				 errdetail("A semaphore has at least one permit.")));
+	req.permits = PG_GETARG_INT32(argno);
+	return req;
+}
+
+Datum
+redis_wait_semaphore(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	LockRequest req = semaphore_request(fcinfo, 1);
+	int64		token;
+
+	take_lock(key, req, ttl_arg(fcinfo, 2), timeout_arg(fcinfo, 3), true, false, &token);
+	PG_RETURN_INT64(token);
+}
+
+Datum
+redis_try_semaphore(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	LockRequest req = semaphore_request(fcinfo, 1);
+	int64		token;
+
+	PG_RETURN_BOOL(take_lock(key, req, ttl_arg(fcinfo, 2), 0, false, false, &token));
 }
 
 /* 'keeper' when the lease keeper renews leases, 'lease' when a lock lives only for its lease. */
@@ -257,25 +364,25 @@ redis_lock_mode(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(registry_active() ? "keeper" : "lease"));
 }
 
-Datum
-redis_unlock(PG_FUNCTION_ARGS)
+/*
+ * Release one hold of lock (NULL: none held, a WARNING naming what is not owned), as
+ * pg_advisory_unlock does: a session hold goes first.
+ */
+static bool
+unlock_one(HeldLock *lock, const char *key, const char *what)
 {
-	char	   *key = key_arg(fcinfo, 0);
-	HeldLock   *lock = lock_table_find(key);
-
 	bool		xact_hold;
 
 	if (lock == NULL)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
-				 errmsg("you don't own a redis lock on key \"%s\"", key)));
-		PG_RETURN_BOOL(false);
+				 errmsg("you don't own %s on key \"%s\"", what, key)));
+		return false;
 	}
 	/* a lock the keeper found lost: a WARNING, false, and the session goes on without it */
 	if (xact_forget_if_lost(lock))
-		PG_RETURN_BOOL(false);
-	/* as pg_advisory_unlock, a session hold goes first */
+		return false;
 	xact_hold = lock->session_holds == 0;
 	if (lock->session_holds > 0)
 		lock->session_holds--;
@@ -283,7 +390,40 @@ redis_unlock(PG_FUNCTION_ARGS)
 		lock_table_pop_hold(lock);
 	if (lock->session_holds == 0 && lock->nholds == 0)
 		xact_release_one(lock, xact_hold);
-	PG_RETURN_BOOL(true);
+	return true;
+}
+
+/* redis_unlock(key): one exclusive hold, or else one semaphore permit; never a shared hold. */
+Datum
+redis_unlock(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+	HeldLock   *lock = lock_table_find(key, LOCK_EXCLUSIVE);
+
+	if (lock == NULL)
+		lock = lock_table_find(key, LOCK_SEMAPHORE);
+	PG_RETURN_BOOL(unlock_one(lock, key, "an exclusive redis lock"));
+}
+
+Datum
+redis_unlock_shared(PG_FUNCTION_ARGS)
+{
+	char	   *key = key_arg(fcinfo, 0);
+
+	PG_RETURN_BOOL(unlock_one(lock_table_find(key, LOCK_SHARED), key, "a shared redis lock"));
+}
+
+/* This backend's hold of key: exclusive first, then a semaphore permit, then shared; or NULL. */
+static HeldLock *
+any_held(const char *key)
+{
+	HeldLock   *lock = lock_table_find(key, LOCK_EXCLUSIVE);
+
+	if (lock == NULL)
+		lock = lock_table_find(key, LOCK_SEMAPHORE);
+	if (lock == NULL)
+		lock = lock_table_find(key, LOCK_SHARED);
+	return lock;
 }
 
 Datum
@@ -296,7 +436,7 @@ Datum
 redis_fencing_token(PG_FUNCTION_ARGS)
 {
 	char	   *key = key_arg(fcinfo, 0);
-	HeldLock   *lock = lock_table_find(key);
+	HeldLock   *lock = any_held(key);
 
 	if (lock == NULL)
 		PG_RETURN_NULL();
@@ -316,14 +456,14 @@ redis_locks(PG_FUNCTION_ARGS)
 	for (int i = 0; i < n; i++)
 	{
 		HeldLock   *lock = locks[i];
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
 		int64		lease_start_ms = lock->lease_start_ms;
 		int64		renewed_ms;
 		bool		lost = false;
 
 		/* with the lease keeper: its latest renewal; a lock it found lost has no expiry */
-		if (registry_lease(lock->key, &renewed_ms, &lost))
+		if (registry_lease(lock->name, &renewed_ms, &lost))
 			lease_start_ms = Max(lease_start_ms, renewed_ms);
 		values[0] = CStringGetTextDatum(lock->key);
 		values[1] = Int32GetDatum(lock->nholds + lock->session_holds);
@@ -331,6 +471,8 @@ redis_locks(PG_FUNCTION_ARGS)
 		values[3] = TimestampTzGetDatum(lock->acquired_at);
 		values[4] = TimestampTzGetDatum(redislock_wall_time_of(lease_start_ms + lock->ttl_ms));
 		nulls[4] = lost;
+		/* version 1.2 has a mode column; 1.0 and 1.1 do not */
+		values[5] = CStringGetTextDatum(lock_mode_name(lock->mode));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -343,12 +485,15 @@ redis_lock_info(PG_FUNCTION_ARGS)
 	char	   *key = key_arg(fcinfo, 0);
 	TupleDesc	tupdesc;
 	LockInfo	info;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
 	LockRef		ref = {redislock_key_prefix, key};
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	/* version 1.2 has a holders column; 1.0 and 1.1 do not */
+	if (tupdesc->natts < 5 || tupdesc->natts > 6)
+		elog(ERROR, "redis_lock_info must return 5 or 6 columns");
 	lockop_info(&ref, &info);
 
 	values[0] = BoolGetDatum(info.held);
@@ -364,6 +509,7 @@ redis_lock_info(PG_FUNCTION_ARGS)
 	else
 		nulls[1] = nulls[2] = nulls[3] = true;
 	values[4] = Int32GetDatum((int32) Min(info.waiters, PG_INT32_MAX));
+	values[5] = Int32GetDatum((int32) Min(info.holders, PG_INT32_MAX));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 
@@ -371,7 +517,7 @@ redis_lock_info(PG_FUNCTION_ARGS)
 static HeldLock *
 held_lock_or_warn(const char *key)
 {
-	HeldLock   *lock = lock_table_find(key);
+	HeldLock   *lock = any_held(key);
 
 	if (lock == NULL || strcmp(lock->prefix, redislock_key_prefix) != 0)
 	{
@@ -424,7 +570,7 @@ redis_extend_lock(PG_FUNCTION_ARGS)
 	}
 	lock->ttl_ms = ttl_ms;
 	lock->lease_start_ms = sent;
-	registry_extend(key, ttl_ms, sent);
+	registry_extend(lock->name, ttl_ms, sent);
 	PG_RETURN_BOOL(true);
 }
 
@@ -438,16 +584,22 @@ redis_force_unlock(PG_FUNCTION_ARGS)
 {
 	char	   *key = key_arg(fcinfo, 0);
 	LockRef		ref = {redislock_key_prefix, key};
-	HeldLock   *own = lock_table_find(key);
+	static const LockMode modes[] = {LOCK_EXCLUSIVE, LOCK_SHARED, LOCK_SEMAPHORE};
 	bool		broke;
 
 	xact_init();
 	broke = lockop_force(&ref);
-	if (own != NULL && strcmp(own->prefix, redislock_key_prefix) == 0)
+	/* every hold of this backend's on the key, in any mode, is broken too */
+	for (int i = 0; i < lengthof(modes); i++)
 	{
-		if (own->nholds > 0)
-			xact_note_lost(key);
-		release_enqueue(lock_table_remove(own), false);
+		HeldLock   *own = lock_table_find(key, modes[i]);
+
+		if (own != NULL && strcmp(own->prefix, redislock_key_prefix) == 0)
+		{
+			if (own->nholds > 0)
+				xact_note_lost(key);
+			release_enqueue(lock_table_remove(own), false);
+		}
 	}
 	PG_RETURN_BOOL(broke);
 }
@@ -473,7 +625,7 @@ redis_lock_activity(PG_FUNCTION_ARGS)
 
 		values[0] = Int32GetDatum(r->pid);
 		values[1] = CStringGetTextDatum(r->key);
-		values[2] = CStringGetTextDatum("exclusive");
+		values[2] = CStringGetTextDatum(lock_mode_name(r->mode));
 		values[3] = CStringGetTextDatum(r->session ? "session" : "transaction");
 		values[4] = BoolGetDatum(r->granted);
 		values[5] = Int64GetDatum(r->token);
@@ -507,8 +659,10 @@ redis_blocking_pids(PG_FUNCTION_ARGS)
 	}
 	for (int i = 0; i < n && waiting != NULL; i++)
 	{
+		/* a holder blocks the wait unless both are shared */
 		if (rows[i].granted && rows[i].pid != pid && strcmp(rows[i].key, waiting->key) == 0 &&
-			strcmp(rows[i].prefix, waiting->prefix) == 0)
+			strcmp(rows[i].prefix, waiting->prefix) == 0 &&
+			!(rows[i].mode == LOCK_SHARED && waiting->mode == LOCK_SHARED))
 			pids[npids++] = Int32GetDatum(rows[i].pid);
 	}
 	PG_RETURN_ARRAYTYPE_P(construct_array(pids, npids, INT4OID, sizeof(int32), true, TYPALIGN_INT));
@@ -552,4 +706,116 @@ redis_lock_stats_reset(PG_FUNCTION_ARGS)
 	require_stats();
 	stats_reset();
 	PG_RETURN_VOID();
+}
+
+static int
+compare_cstrings(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/*
+ * redis_wait_locks(keys, ttl, timeout): every key, exclusive, for this transaction, or none. The keys
+ * are taken one by one in one canonical order (byte order, duplicates once), so callers of this
+ * function never deadlock among themselves; the timeout covers the whole call. On timeout, cancel or
+ * error the transaction (or the subtransaction of an exception block) aborts, which releases the keys
+ * already taken and leaves the queue. Returns the tokens in the order of keys.
+ */
+Datum
+redis_wait_locks(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			n;
+	char	  **keys;
+	char	  **sorted;
+	int64	   *tokens;
+	Datum	   *result;
+	int			ttl_ms = ttl_arg(fcinfo, 1);
+	int			timeout_ms = timeout_arg(fcinfo, 2);
+	int64		deadline = timeout_ms > 0 ? redislock_monotonic_ms() + timeout_ms : 0;
+	int			nunique = 0;
+	MemoryContext call_cxt = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("redis lock keys must not be null")));
+	arr = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("redis lock keys must be a one-dimensional array")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &n);
+	keys = palloc(Max(n, 1) * sizeof(char *));
+	sorted = palloc(Max(n, 1) * sizeof(char *));
+	for (int i = 0; i < n; i++)
+	{
+		text	   *t;
+		int			len;
+
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("redis lock key must not be null")));
+		t = DatumGetTextPP(elems[i]);
+		len = VARSIZE_ANY_EXHDR(t);
+		if (len == 0 || len > REDISLOCK_KEY_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for argument \"keys\""),
+					 errdetail("A redis lock key is 1 to %d bytes; element %d has %d.",
+							   REDISLOCK_KEY_MAX, i + 1, len)));
+		keys[i] = sorted[i] = text_to_cstring(t);
+	}
+	qsort(sorted, n, sizeof(char *), compare_cstrings);
+	tokens = palloc(Max(n, 1) * sizeof(int64));
+	for (int i = 0; i < n; i++)
+	{
+		int			left = 0;
+
+		if (i > 0 && strcmp(sorted[i], sorted[i - 1]) == 0)
+			continue;			/* a duplicate is one lock */
+		if (deadline != 0)
+		{
+			int64		ms = deadline - redislock_monotonic_ms();
+
+			if (ms <= 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+						 errmsg("could not obtain redis locks within %d ms", timeout_ms),
+						 errdetail("%d of the keys were taken when the time ran out.", nunique)));
+			left = (int) ms;
+		}
+		PG_TRY();
+		{
+			take_lock(sorted[i], exclusive_request, ttl_ms, left, true, false, &tokens[nunique]);
+		}
+		PG_CATCH();
+		{
+			/* the timeout is the whole call's: say so (the abort releases what was taken) */
+			if (geterrcode() == ERRCODE_LOCK_NOT_AVAILABLE && deadline != 0)
+			{
+				MemoryContextSwitchTo(call_cxt);
+				FlushErrorState();
+				ereport(ERROR,
+						(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+						 errmsg("could not obtain redis locks within %d ms", timeout_ms),
+						 errdetail("Redis lock \"%s\" was not free in time; %d of the keys were taken.",
+								   sorted[i], nunique)));
+			}
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		sorted[nunique++] = sorted[i];
+	}
+	result = palloc(Max(n, 1) * sizeof(Datum));
+	for (int i = 0; i < n; i++)
+	{
+		char	  **found = bsearch(&keys[i], sorted, nunique, sizeof(char *), compare_cstrings);
+
+		result[i] = Int64GetDatum(tokens[found - sorted]);
+	}
+	PG_RETURN_ARRAYTYPE_P(construct_array(result, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }

@@ -62,6 +62,16 @@ transport_settings_changed(void)
 	}
 }
 
+/*
+ * An encrypted redislock.sslkey has no passphrase to give: OpenSSL's default would prompt on the
+ * terminal, and block the backend. Loading it fails instead.
+ */
+static int
+no_passphrase(char *buf, int size, int rwflag, void *userdata)
+{
+	return 0;
+}
+
 /* The context for redislock.sslmode and the certificate files; NULL with errbuf set on failure. */
 static SSL_CTX *
 tls_context_get(char *errbuf, size_t errlen)
@@ -78,6 +88,7 @@ tls_context_get(char *errbuf, size_t errlen)
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
 	/* a write that would block is retried later, maybe with more appended to a moved buffer */
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	if (redislock_sslmode >= REDIS_SSL_VERIFY_CA)

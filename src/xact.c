@@ -203,7 +203,7 @@ verify_before_commit(void)
 		int64		renewed_ms;
 		bool		keeper_lost;
 
-		if (!registry_lease(lock->key, &renewed_ms, &keeper_lost))
+		if (!registry_lease(lock->name, &renewed_ms, &keeper_lost))
 			continue;
 		if (keeper_lost)
 		{
@@ -408,7 +408,7 @@ xact_forget_if_lost(HeldLock *lock)
 	bool		lost = false;
 	char		key[REDISLOCK_KEY_MAX + 1];
 
-	if (!registry_lease(lock->key, &renewed_ms, &lost) || !lost)
+	if (!registry_lease(lock->name, &renewed_ms, &lost) || !lost)
 		return false;
 	strlcpy(key, lock->key, sizeof(key));
 	if (lock->nholds > 0)

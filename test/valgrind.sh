@@ -50,9 +50,9 @@ WRAP
   rl_start_pg valgrind "$wrapper" || return 1
   rl_log "pg_regress and pg_isolation_regress under valgrind (outputs not compared)"
   "$PGXS_TEST/regress/pg_regress" --inputdir=. --outputdir="$vg/regress" --bindir="$PG_BIN" \
-    --dbname=contrib_regression api input settings upgrade >/dev/null 2>&1
+    --dbname=contrib_regression api input settings upgrade shared >/dev/null 2>&1
   timeout 600 "$PGXS_TEST/isolation/pg_isolation_regress" --inputdir=test/isolation --outputdir="$vg/isolation" \
-    --bindir="$PG_BIN" --dbname=isolation_regression setup fifo release timeout >/dev/null 2>&1
+    --bindir="$PG_BIN" --dbname=isolation_regression setup fifo release timeout shared >/dev/null 2>&1
   rl_valgrind_error_paths
   rl_as_pg "$PG_BIN/pg_ctl" -D "$RL_TMP/pg-valgrind/data" -m fast -w -t 300 stop >/dev/null
   export PGPORT=$main_port

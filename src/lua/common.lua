@@ -1,15 +1,22 @@
 -- common.lua: helpers shared by every redislock script; the build prepends this file to each of them.
 --
 -- Keys of one lock (all share the hash tag "{<prefix><key>}", so a Redis Cluster keeps them in one slot):
---   KEYS[1]  {P K}            hash: owner, token, expires (Redis time, ms) of the current or last lease
+--   KEYS[1]  {P K}            hash: owner, otoken (its token), expires (Redis time, ms) of the exclusive
+--                             holder or the last one; token: the last fencing token of any mode; kind
+--                             'm' and permits for a semaphore
 --   KEYS[2]  {P K}:q          sorted set: waiting acquisitions, scored by arrival (Redis time, us, strictly rising)
---   KEYS[3]  {P K}:w          hash: waiting acquisition -> "<heartbeat deadline ms>:<lease ttl ms>"
---   {P K}:g:<acquisition>     list: the grant (fencing token) handed to a waiting acquisition; derived
---                             from KEYS[1], so it is in the same slot
+--   KEYS[3]  {P K}:w          hash: waiting acquisition -> "<heartbeat deadline ms>:<lease ttl ms>:<mode>"
+--   {P K}:s                   hash: shared holder (or semaphore permit holder) -> "<expires ms>:<token>"
+--   {P K}:g:<acquisition>     list: the grant (fencing token) handed to a waiting acquisition
+--   {P K}:x:<acquisition>     the undo of an acquisition that did not hold the lock (see tombstone_key)
+-- The last three are derived from KEYS[1], so they are in the same slot.
+-- Modes: 'x' exclusive, 's' shared, 'm' a semaphore permit.
 -- An acquisition id ("<host>:<port>:<pid>:<nonce>:<n>") names one lock call of one backend; no other
--- call uses it, so nothing sent for one acquisition can act on another.
--- Every key has a TTL, and the scripts delete the lock hash when the lock is free and nobody waits.
+-- call uses it, so nothing sent for one acquisition can act on another. Its backend is the id without
+-- ":<n>": a backend's own holds never block its own requests.
+-- Every key has a TTL, and the scripts delete the lock's keys when nobody holds or waits.
 local lock_key, queue_key, waiters_key = KEYS[1], KEYS[2], KEYS[3]
+local shared_key = lock_key .. ':s'
 
 -- Redis's own clock, never a client's: milliseconds for leases, microseconds for tokens and arrival order.
 local function redis_now()
@@ -24,20 +31,111 @@ end
 
 -- Left by the undo of an acquisition that did not own the lock: a lock call cut short, whose request
 -- may still be on its way (a connection given up while the network held it). An acquire that arrives
--- after its undo finds it and does nothing. Derived from KEYS[1], so it is in the same slot.
+-- after its undo finds it and does nothing.
 local function tombstone_key(holder)
   return lock_key .. ':x:' .. holder
 end
 local TOMBSTONE_MS = 60000
 
--- The lock's state: owner (false when free or the lease ran out), last fencing token, lease expiry.
-local function lock_state(now_ms)
-  local v = redis.call('HMGET', lock_key, 'owner', 'token', 'expires')
-  local token, expires = tonumber(v[2]), tonumber(v[3])
-  if v[1] and expires and expires > now_ms then
-    return v[1], token, expires
+local function backend_of(id)
+  return string.match(id, '^(.*):%d+$') or id
+end
+
+-- How long the lock's keys outlive a lease of ttl ms: one more ttl, and at least 10 s, so that a holder
+-- whose lease ran out can still prove, before it commits, that nobody took the lock meanwhile.
+local function hash_ttl(ttl)
+  return ttl + math.max(ttl, 10000)
+end
+
+-- A shared holder's entry: "<expires ms>:<token>". Tokens have 16 digits: written with %.0f, since
+-- Lua's own number-to-string keeps only 14.
+local function held_value(expires, token)
+  return string.format('%.0f:%.0f', expires, token)
+end
+
+local function keep_at_least(key, ms)
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
   end
-  return false, token, expires
+end
+
+-- The lock's state now: st.owner (the live exclusive holder, or false), st.raw_owner (the owner field,
+-- live or not), st.otoken (its token), st.last (last token of any mode), st.expires, st.kind ('m' for a semaphore), st.permits, st.shared
+-- (live shared holders: id -> {expires, token}), st.nshared. purge: forget shared holders whose lease
+-- ran out (a script that may write).
+local function lock_state(now_ms, purge)
+  local v = redis.call('HMGET', lock_key, 'owner', 'token', 'expires', 'kind', 'permits', 'otoken')
+  local st = {raw_owner = v[1], last = tonumber(v[2]), expires = tonumber(v[3]), kind = v[4],
+              permits = tonumber(v[5]), otoken = tonumber(v[6]), shared = {}, nshared = 0, owner = false}
+  if v[1] and st.expires and st.expires > now_ms then
+    st.owner = v[1]
+  end
+  local flat = redis.call('HGETALL', shared_key)
+  for i = 1, #flat, 2 do
+    local exp, tok = string.match(flat[i + 1], '^(%d+):(%d+)$')
+    if exp and tonumber(exp) > now_ms then
+      st.shared[flat[i]] = {tonumber(exp), tonumber(tok)}
+      st.nshared = st.nshared + 1
+    elseif purge then
+      redis.call('HDEL', shared_key, flat[i])
+    end
+  end
+  return st
+end
+
+-- Whether a request of mode by acquisition me may be granted next to the live holds of other backends
+-- (a backend's own holds never block it).
+local function compatible(st, mode, me)
+  if mode == 'm' then
+    return st.nshared < (st.permits or 0)
+  end
+  local b = backend_of(me)
+  if st.owner and backend_of(st.owner) ~= b then
+    return false
+  end
+  if mode == 'x' then
+    for id in pairs(st.shared) do
+      if backend_of(id) ~= b then
+        return false
+      end
+    end
+  end
+  return true
+end
+
+-- Whether the backend of acquisition me holds the key now, in any mode.
+local function backend_holds(st, me)
+  local b = backend_of(me)
+  if st.owner and backend_of(st.owner) == b then
+    return true
+  end
+  for id in pairs(st.shared) do
+    if backend_of(id) == b then
+      return true
+    end
+  end
+  return false
+end
+
+-- Milliseconds until the first hold that blocks a request of mode by me ends, or -1 when none does.
+local function blocked_for(st, mode, me, now_ms)
+  local b, left = backend_of(me), -1
+  local function consider(exp)
+    if left < 0 or exp - now_ms < left then
+      left = exp - now_ms
+    end
+  end
+  if st.owner and backend_of(st.owner) ~= b then
+    consider(st.expires)
+  end
+  if mode ~= 's' then
+    for id, h in pairs(st.shared) do
+      if mode == 'm' or backend_of(id) ~= b then
+        consider(h[1])
+      end
+    end
+  end
+  return left
 end
 
 -- A fencing token greater than every earlier one: the last token + 1, or Redis's clock in microseconds
@@ -49,17 +147,21 @@ local function next_token(last, now_us)
   return now_us
 end
 
--- How long the lock hash outlives a lease of ttl ms: one more ttl, and at least 10 s, so that a holder
--- whose lease ran out can still prove, before it commits, that nobody took the lock meanwhile.
-local function hash_ttl(ttl)
-  return ttl + math.max(ttl, 10000)
-end
-
--- Make holder the owner for ttl ms.
-local function grant(holder, ttl, last, now_ms, now_us)
-  local token = next_token(last, now_us)
-  redis.call('HSET', lock_key, 'owner', holder, 'token', token, 'expires', now_ms + ttl)
-  redis.call('PEXPIRE', lock_key, hash_ttl(ttl))
+-- Give holder the lock in mode for ttl ms; returns its token.
+local function grant(st, holder, mode, ttl, now_ms, now_us)
+  local token = next_token(st.last, now_us)
+  st.last = token
+  if mode == 'x' then
+    redis.call('HSET', lock_key, 'owner', holder, 'token', token, 'otoken', token, 'expires', now_ms + ttl)
+    st.owner, st.raw_owner, st.expires, st.otoken = holder, holder, now_ms + ttl, token
+  else
+    redis.call('HSET', shared_key, holder, held_value(now_ms + ttl, token))
+    redis.call('HSET', lock_key, 'token', token)
+    keep_at_least(shared_key, hash_ttl(ttl))
+    st.shared[holder] = {now_ms + ttl, token}
+    st.nshared = st.nshared + 1
+  end
+  keep_at_least(lock_key, hash_ttl(ttl))
   return token
 end
 
@@ -68,9 +170,9 @@ local function forget_waiter(holder)
   redis.call('HDEL', waiters_key, holder)
 end
 
--- The first waiter whose heartbeat is still fresh, and the lease it asked for. Waiters whose heartbeat
--- deadline passed (they died without cleaning up) are dropped on the way. The head stays queued until
--- it is granted: should the grant fail (Redis out of memory), nobody has lost a place.
+-- The first waiter whose heartbeat is still fresh, the lease it asked for and its mode. Waiters whose
+-- heartbeat deadline passed (they died without cleaning up) are dropped on the way. The head stays
+-- queued until it is granted: should the grant fail (Redis out of memory), nobody has lost a place.
 local function live_head(now_ms)
   while true do
     local head = redis.call('ZRANGE', queue_key, 0, 0)[1]
@@ -79,9 +181,9 @@ local function live_head(now_ms)
     end
     local info = redis.call('HGET', waiters_key, head)
     if info then
-      local deadline, ttl = string.match(info, '^(%d+):(%d+)$')
+      local deadline, ttl, mode = string.match(info, '^(%d+):(%d+):?(%a?)$')
       if deadline and tonumber(deadline) > now_ms then
-        return head, tonumber(ttl)
+        return head, tonumber(ttl), (mode == '' and 'x' or mode)
       end
     end
     forget_waiter(head)
@@ -89,19 +191,37 @@ local function live_head(now_ms)
   end
 end
 
--- Direct handoff: grant the free lock to the first live waiter and wake that waiter alone by pushing the
--- token onto its grant list (its BLPOP returns at once, with no further round trip). The list is empty:
--- each acquisition has a list of its own, and only a handoff, which takes it out of the queue, pushes
--- onto it. Returns the new owner, token and lease ttl, or nil when nobody waits.
-local function hand_over(last, now_ms, now_us)
-  local head, ttl = live_head(now_ms)
-  if not head then
-    return nil
+-- Direct handoff: grant the lock to the waiters at the head of the queue that can have it now — one
+-- exclusive waiter, or every shared waiter up to the next exclusive one, or semaphore waiters while
+-- permits last — and wake each alone by pushing its token onto its own grant list (its BLPOP returns at
+-- once, with no further round trip). Each list is empty: only a handoff, which takes the waiter out of
+-- the queue, pushes onto it. Returns how many were granted, and the token each got (id -> token).
+local function hand_over(st, now_ms, now_us)
+  local n, tokens = 0, {}
+  while true do
+    local head, ttl, mode = live_head(now_ms)
+    if not head or not compatible(st, mode, head) then
+      return n, tokens
+    end
+    local token = grant(st, head, mode, ttl, now_ms, now_us)
+    forget_waiter(head)
+    local g = grant_key(head)
+    redis.call('RPUSH', g, token)
+    redis.call('PEXPIRE', g, ttl)
+    n = n + 1
+    tokens[head] = token
+    if mode == 'x' then
+      return n, tokens
+    end
   end
-  local token = grant(head, ttl, last, now_ms, now_us)
-  forget_waiter(head)
-  local g = grant_key(head)
-  redis.call('RPUSH', g, token)
-  redis.call('PEXPIRE', g, ttl)
-  return head, token, ttl
+end
+
+-- Nobody holds or waits any more (and no exclusive holder whose lease ran out may still need to prove
+-- that nobody took the lock): the lock's keys go, the last token with them (tokens follow the clock).
+local function delete_if_unused(st)
+  if not st.raw_owner and st.nshared == 0 and redis.call('EXISTS', queue_key) == 0 then
+    redis.call('DEL', lock_key, shared_key)
+    return true
+  end
+  return false
 end

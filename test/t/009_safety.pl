@@ -159,11 +159,18 @@ $acl_h->query_safe("$as_acl BEGIN; SELECT redis_wait_lock('acl:wait');");
 my $acl_w = session();
 $acl_w->query_until(qr/waiting/, "$as_acl\n\\echo waiting\nSELECT redis_wait_lock('acl:wait', NULL, '10 s') > 0;\n");
 ok(wait_until(sub { queued('acl:wait') == 1 }), "a wait works as README's ACL user");
+usleep(1_500_000);    # past a heartbeat: the waiter's re-check runs as that user too
+# a wait that times out is undone (the release script's branch for a non-owner) as that user
+my ($rc2, $out2, $err2) = $node->psql('postgres', "$as_acl SELECT redis_wait_lock('acl:wait', NULL, '300 ms');");
+like($err2, qr/could not obtain redis lock "acl:wait" within 300 ms/, "a wait that times out, as README's ACL user, just times out");
+unlike($err2, qr/denied|WARNING/, '... with nothing denied');
 $acl_h->query_safe('COMMIT');
 my ($got) = (split /\n/, $acl_w->query_safe("SELECT 'handed over'"))[-1];
 is($got, 'handed over', "and the handoff reaches it");
 is($acl_w->{stderr}, '', 'without a word');
 $_->quit for $acl_h, $acl_w;
+($rc2, $out2, $err2) = $node->psql('postgres', "$as_acl SET redislock.wait_replicas = 1; SET redislock.wait_replicas_timeout = '50ms'; SELECT redis_try_lock('acl:wait-replicas');");
+like($err2, qr/only 0 of 1 replicas/, "WAIT is allowed to README's ACL user (no replica here: 0 acknowledged)");
 
 # --- an evicting Redis is named once per connection -----------------------------------------------
 my $lru = start_redis('--maxmemory-policy', 'allkeys-lru');

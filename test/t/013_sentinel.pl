@@ -184,6 +184,30 @@ for my $replicas (0, 1)
 	$topo->wait_replicas_synced;
 }
 
+# --- a handoff to a waiter with wait_replicas = 1 while the replicas are frozen ------------------------
+# The replicas stay connected (SIGSTOP) with their old acknowledgements: a WAIT that counted only the
+# waiter's own writes (none, for a BLPOP served by the releaser's push) would pass at once.
+{
+	my $master = $topo->master;
+	$topo->wait_replicas_synced;
+	my $h = $a->background_psql('postgres', on_error_stop => 0);
+	$h->query_safe("BEGIN; SELECT redis_wait_lock('sen:frozen', '30 s');");
+	my $x = $b->background_psql('postgres', on_error_stop => 0);
+	$x->query_until(qr/waiting/, "\\echo waiting\nSET redislock.wait_replicas = 1; BEGIN; SELECT redis_wait_lock('sen:frozen', '30 s', '20 s');\n");
+	ok(wait_until(sub { ($master->cli('ZCARD', '{redislock:sen:frozen}:q') // 0) == 1 }), 'a waiter with wait_replicas = 1 queues');
+	# the replicas acknowledge everything written so far (the waiter's queue entry included), then freeze
+	$master->cli('WAIT', '2', '1000');
+	$_->signal('STOP') for $topo->replicas;
+	$h->query_safe('COMMIT');
+	$x->query('SELECT 1');
+	like($x->{stderr}, qr/"sen:frozen" was not acknowledged by enough replicas.*only 0 of 1/s,
+		'a handoff the frozen replicas never received is not acknowledged: the waiter fails (55P03)');
+	is(owner_on($master, 'sen:frozen'), '', 'and holds nothing');
+	$_->signal('CONT') for $topo->replicas;
+	$_->quit for $h, $x;
+	$topo->wait_replicas_synced;
+}
+
 # --- replicas stopped with wait_replicas = 1 -----------------------------------------------------------
 {
 	my $master = $topo->master;
