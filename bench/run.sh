@@ -4,7 +4,8 @@
 #   - pgbench TPS and latency p50/p99 of BEGIN; <lock>; COMMIT with <lock> = (a) nothing,
 #     (b) pg_advisory_xact_lock, (c) redis_wait_lock, uncontended (a key per client) and contended
 #     (one key), at 1, 8 and 64 clients, and the ratio (c)/(b) of the same run; at 8 clients also
-#     (c) over TLS (redislock.sslmode = verify-full) and with redislock.wait_replicas = 1 (one replica);
+#     (c) over TLS (redislock.sslmode = verify-full) and with redislock.wait_replicas = 1 (one replica),
+#     and shared locks on one key (many readers) against pg_advisory_xact_lock_shared;
 #   - Redis commands sent per uncontended cycle and per contended handoff (INFO commandstats, client
 #     commands only);
 #   - wake-ups per release with 50 waiters, and CPU used by waiting backends;
@@ -75,6 +76,11 @@ for round in $(seq 1 "$rounds"); do
       if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
       run_pgbench "advisory-$mode-$c" "$c" "BEGIN; SELECT pg_advisory_xact_lock($key); COMMIT;" "$round"
       run_pgbench "redis-$mode-$c" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" "$round"
+      if [ "$c" = 8 ] && [ $mode = contended ]; then
+        # many readers, one key: shared locks against pg_advisory_xact_lock_shared
+        run_pgbench "advisory-shared-$c" "$c" "BEGIN; SELECT pg_advisory_xact_lock_shared(1); COMMIT;" "$round"
+        run_pgbench "redis-shared-$c" "$c" "BEGIN; SELECT redis_wait_lock_shared('bench:shared'); COMMIT;" "$round"
+      fi
       if [ "$c" = 8 ]; then
         for variant in tls replica; do
           run_pgbench "redis-$mode-$c-$variant" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
@@ -163,6 +169,10 @@ round_ratios() {   # the (c)/(b) ratio of each round, for one case
       a=none-$c b=advisory-$mode-$c r=redis-$mode-$c
       echo "| $c | $mode | ${tps[$a]} | ${tps[$b]} | ${tps[$r]} | $(ratio "${tps[$r]}" "${tps[$b]}") | ${p50[$b]} / ${p99[$b]} | ${p50[$r]} / ${p99[$r]} | ${cmds[$r]} |"
     done
+  done
+  for c in 8; do
+    a=none-$c b=advisory-shared-$c r=redis-shared-$c
+    echo "| $c | shared, one key | ${tps[$a]} | ${tps[$b]} | ${tps[$r]} | $(ratio "${tps[$r]}" "${tps[$b]}") | ${p50[$b]} / ${p99[$b]} | ${p50[$r]} / ${p99[$r]} | ${cmds[$r]} |"
   done
   for variant in tls replica; do
     for mode in uncontended contended; do

@@ -13,6 +13,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use RedisLockTest;
+use IPC::Run;
 
 my $redis = start_redis();
 my $conf = "shared_preload_libraries = 'redislock'\nredislock.deadlock_timeout = '1s'\nautovacuum = off\nrestart_after_crash = on\n";
@@ -170,5 +171,37 @@ cycle('dlx', $a, $b);
 	eval { $k->quit };
 	ok($b->poll_query_until('postgres', 'SELECT 1', '1'), 'the cluster of the killed holder restarts');
 }
+
+# --- readers under shared locks, writers under exclusive ones: an invariant that needs the lock --------
+# A writer changes a and then b in two transactions (the pair is inconsistent in between); a reader
+# checks a = b. Session locks, so that the lock spans the writer's two transactions.
+sub readers_and_writers
+{
+	my ($with_lock) = @_;
+	$a->safe_psql('postgres', 'DROP TABLE IF EXISTS pair, observations; CREATE TABLE pair (a int, b int); INSERT INTO pair VALUES (0, 0); CREATE TABLE observations (consistent boolean)');
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my ($xl, $xu, $sl, $su) = $with_lock
+	  ? ("SELECT redis_session_lock('rw:pair') > 0;", "SELECT redis_unlock('rw:pair');",
+		"SELECT redis_session_lock_shared('rw:pair') > 0;", "SELECT redis_unlock_shared('rw:pair');")
+	  : ('SELECT 1;', 'SELECT 1;', 'SELECT 1;', 'SELECT 1;');
+	open my $w, '>', "$dir/writer.sql" or die;
+	print $w "$xl\nUPDATE pair SET a = a + 1;\nSELECT pg_sleep(0.003);\nUPDATE pair SET b = b + 1;\n$xu\n";
+	close $w;
+	open my $r, '>', "$dir/reader.sql" or die;
+	print $r "$sl\nINSERT INTO observations SELECT a = b FROM pair;\nSELECT pg_sleep(0.002);\n$su\n";
+	close $r;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'pgbench', '-n', '-c', '6', '-j', '6', '-T', '3', '-f', "$dir/writer.sql\@1", '-f', "$dir/reader.sql\@3",
+			'-h', $a->host, '-p', $a->port, 'postgres' ], '>', \$out, '2>', \$err);
+	note($err) if $err =~ /error|abort/i;
+	return split /\|/, $a->safe_psql('postgres',
+		'SELECT count(*), count(*) FILTER (WHERE NOT consistent), (SELECT a FROM pair) FROM observations');
+}
+my ($reads, $broken, $writes) = readers_and_writers(1);
+cmp_ok($reads, '>', 50, "readers under shared locks ran ($reads reads, $writes writes)");
+cmp_ok($writes, '>', 10, 'and so did writers under exclusive ones');
+is($broken, 0, 'no reader saw a half-written pair');
+($reads, $broken) = readers_and_writers(0);
+cmp_ok($broken, '>', 0, "without the locks the same run sees half-written pairs ($broken of $reads)");
 
 done_testing();
