@@ -27,18 +27,22 @@ mkdir -p "$work"
 psql -X -q -c "CREATE EXTENSION IF NOT EXISTS redislock" -c "CREATE TABLE acquired (seq serial, who int)"
 q() { psql -X -q -At -c "$1"; }
 
-# a TLS port on the same Redis, and one replica of it, for the TLS and wait_replicas rows
+# a TLS port on the same Redis, for the TLS rows
 rl_enable_tls
-REPLICA_PORT=$(rl_free_port)
-mkdir -p "$RL_TMP/replica"
-redis-server --port "$REPLICA_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-  --dir "$RL_TMP/replica" --pidfile "$RL_TMP/replica/redis.pid" --logfile "$RL_TMP/replica/redis.log" \
-  --replicaof 127.0.0.1 "$REDIS_PORT" >/dev/null
-for _ in $(seq 1 100); do
-  redis-cli -p "$REDIS_PORT" INFO replication | grep -q 'state=online' && break
-  sleep 0.1
-done
-trap 'kill "$(cat "$RL_TMP/replica/redis.pid")" 2>/dev/null; rl_cleanup' EXIT
+# one replica, for the wait_replicas rows only: they run last, after it is started (a replica makes
+# the master propagate every write, which would weigh on the other rows)
+start_replica() {
+  REPLICA_PORT=$(rl_free_port)
+  mkdir -p "$RL_TMP/replica"
+  redis-server --port "$REPLICA_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --dir "$RL_TMP/replica" --pidfile "$RL_TMP/replica/redis.pid" --logfile "$RL_TMP/replica/redis.log" \
+    --replicaof 127.0.0.1 "$REDIS_PORT" >/dev/null
+  trap 'kill "$(cat "$RL_TMP/replica/redis.pid")" 2>/dev/null; rl_cleanup' EXIT
+  for _ in $(seq 1 100); do
+    redis-cli -p "$REDIS_PORT" INFO replication | grep -q 'state=online' && break
+    sleep 0.1
+  done
+}
 declare -A variant_options=(
   [tls]="-c redislock.sslmode=verify-full -c redislock.sslrootcert=$TLS_CERT -c redislock.port=$TLS_PORT"
   [replica]="-c redislock.wait_replicas=1"
@@ -79,15 +83,21 @@ for round in $(seq 1 "$rounds"); do
       if [ "$c" = 8 ] && [ $mode = contended ]; then
         # many readers, one key: shared locks against pg_advisory_xact_lock_shared
         run_pgbench "advisory-shared-$c" "$c" "BEGIN; SELECT pg_advisory_xact_lock_shared(1); COMMIT;" "$round"
-        run_pgbench "redis-shared-$c" "$c" "BEGIN; SELECT redis_wait_lock_shared('bench:shared'); COMMIT;" "$round"
+        run_pgbench "redis-shared-$c" "$c" "BEGIN; SELECT redis_wait_lock_shared('bench-shared'); COMMIT;" "$round"
       fi
       if [ "$c" = 8 ]; then
-        for variant in tls replica; do
-          run_pgbench "redis-$mode-$c-$variant" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
-            "$round" "${variant_options[$variant]}"
-        done
+        run_pgbench "redis-$mode-$c-tls" "$c" "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
+          "$round" "${variant_options[tls]}"
       fi
     done
+  done
+done
+start_replica
+for round in $(seq 1 "$rounds"); do
+  for mode in uncontended contended; do
+    if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
+    run_pgbench "redis-$mode-8-replica" 8 "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
+      "$round" "${variant_options[replica]}"
   done
 done
 for name in "${!tps_runs[@]}"; do

@@ -7,8 +7,8 @@
  * Redis holds the graph's pieces: each lock's holders (holders.lua), and, for a backend that has waited
  * longer than deadlock_timeout, a record of what it waits for: the hash {<prefix>wf:<host>:<port>:<pid>}
  * (names.c) with its backend id, the lock's prefix, key, mode, acquisition and since when it waits. A
- * waiter publishes its record once it has waited deadlock_timeout, then looks for a cycle through
- * itself: from its key to the key's holders, from each holder to the key its record says it waits for
+ * waiter publishes its record once it has waited deadlock_timeout (and renews it every few heartbeats
+ * while it waits), then looks once for a cycle through itself: from its key to the key's holders, from each holder to the key its record says it waits for
  * (if that wait is still on: the acquisition is still queued there), and so on, one pipelined round
  * trip per step for the holders and one for the records, at most DEADLOCK_MAX_DEPTH steps. A holder
  * of this server that waits for no redis lock may be blocked by PostgreSQL locks: if this backend is
@@ -30,6 +30,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
 
 #define DEADLOCK_MAX_DEPTH 8
 #define DEADLOCK_MAX_NODES 64
@@ -53,14 +54,19 @@ mode_name(char mode)
 	return mode == 's' ? "shared" : mode == 'm' ? "semaphore permit" : "exclusive";
 }
 
-/* Whether a holder in hold_mode blocks a request in want_mode (of another backend). */
+/*
+ * Whether a holder in hold_mode (or a waiter queued ahead in that mode: queued) blocks a request in
+ * want_mode of another backend. A permit of a semaphore of several permits is an edge of none: any
+ * one holder's release would do (an "or" wait, which a cycle of single edges does not describe), so
+ * such waits are left to their timeouts; a semaphore of one permit is a mutex.
+ */
 static bool
-blocks(char want_mode, char hold_mode)
+blocks(char want_mode, char hold_mode, bool queued, int permits)
 {
+	if (want_mode == 'm' || hold_mode == 'm')
+		return want_mode == 'm' && hold_mode == 'm' && permits == 1;
 	if (want_mode == 's')
 		return hold_mode == 'x';
-	if (want_mode == 'm')
-		return hold_mode == 'm';
 	return true;
 }
 
@@ -96,19 +102,24 @@ add_arg(RedisCommand *c, const char *arg)
 	c->argvlen[c->argc++] = strlen(arg);
 }
 
-/* How long a record lives unless refreshed: as a queued waiter's heartbeat. */
+/*
+ * How long a record lives unless renewed: two renewal periods and a command_timeout. A record whose
+ * wait ended without removing it (an error, a cancel) is harmless meanwhile: a check follows it only
+ * while its acquisition is still queued.
+ */
 static int
 record_ttl_ms(void)
 {
-	return 2 * REDISLOCK_RECHECK_MS + redislock_command_timeout_ms;
+	return 2 * DEADLOCK_REFRESH_MS + redislock_command_timeout_ms;
 }
 
 /*
- * Say in Redis that this backend waits for ref in mode, by acquisition, since since_us; again to keep
- * the record alive ("since" is written once). One round trip; throws on failure.
+ * Say in Redis that this backend waits for ref in mode, by acquisition, since since_us (first: the
+ * wait's first publication); again to keep the record alive. One round trip; false when Redis could
+ * not be asked (the wait goes on: a failover, say, is ridden out by the wait loop).
  */
-void
-deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 since_us)
+bool
+deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 since_us, bool first)
 {
 	char	   *key = names_wait_record_key(ref->prefix, names_backend_id());
 	RedisCommand cmds[3];
@@ -132,13 +143,17 @@ deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 s
 	add_arg(&cmds[0], mode_text);
 	add_arg(&cmds[0], "acq");
 	add_arg(&cmds[0], acquisition);
-	record_command(&cmds[1], "HSETNX", key);
+	/* a wait's first publication sets "since"; a record left by an earlier wait must not lend it one */
+	record_command(&cmds[1], first ? "HSET" : "HSETNX", key);
 	add_arg(&cmds[1], "since");
 	add_arg(&cmds[1], since);
 	record_command(&cmds[2], "PEXPIRE", key);
 	add_arg(&cmds[2], ttl);
 	if (!redis_roundtrip(redis_primary_server(), 3, cmds, replies, redislock_command_timeout_ms, true, &err))
-		redis_raise(&err);
+	{
+		pfree(key);
+		return false;
+	}
 	ok = true;
 	for (int i = 0; i < 3 && ok; i++)
 	{
@@ -150,8 +165,7 @@ deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 s
 	}
 	redis_free_replies(3, replies);
 	pfree(key);
-	if (!ok)
-		redis_raise(&err);
+	return ok;
 }
 
 /* The wait is over: forget the record (best effort; it expires anyway). */
@@ -303,8 +317,9 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 			script_command(&cmds[i], SCRIPT_HOLDERS, &keys[i], 1, args);
 			ids[i] = SCRIPT_HOLDERS;
 		}
+		/* a check that cannot ask Redis finds nothing; the wait loop deals with Redis */
 		if (!script_run(server, nlevel, cmds, ids, replies, redislock_command_timeout_ms, true, &err))
-			redis_raise(&err);
+			return NO_CYCLE;
 		for (int i = 0; i < nlevel; i++)
 		{
 			WaitNode   *w = &nodes[level_start + i];
@@ -312,18 +327,24 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 
 			names_lock_keys_free(&keys[i]);
 			/* a wait that is over (granted, given up) is no edge: only node 0 is taken as it is */
-			if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+			if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+				r->element[1]->type != REDIS_REPLY_INTEGER ||
 				(level_start + i > 0 && r->element[0]->integer != 1))
 				continue;
-			for (size_t h = 1; h + 1 < r->elements; h += 2)
+			for (size_t h = 2; h + 1 < r->elements; h += 2)
 			{
 				char	   *holder;
 				char	   *hold_mode;
 				char	   *hb;
 				int			pid;
+				bool		queued;
 
-				if (!reply_str(r->element[h], &holder) || !reply_str(r->element[h + 1], &hold_mode) ||
-					!blocks(w->mode, hold_mode[0]))
+				if (!reply_str(r->element[h], &holder) || !reply_str(r->element[h + 1], &hold_mode))
+					continue;
+				/* a waiter queued ahead blocks as a holder would: FIFO serves it first */
+				queued = hold_mode[0] == 'q';
+				if (!blocks(w->mode, queued ? hold_mode[1] : hold_mode[0], queued,
+							(int) r->element[1]->integer))
 					continue;
 				hb = names_backend_of(holder);
 				if (strcmp(hb, w->backend) == 0)
@@ -387,7 +408,7 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 				add_arg(&rc[c], "since");
 			}
 			if (!redis_roundtrip(server, ncand, rc, rr, redislock_command_timeout_ms, true, &err))
-				redis_raise(&err);
+				return NO_CYCLE;
 			for (int c = 0; c < ncand && nnodes < DEADLOCK_MAX_NODES; c++)
 			{
 				redisReply *r = rr[c];
@@ -426,8 +447,23 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 bool
 deadlock_check(const LockRef *ref, char mode, const char *acquisition, int64 since_us, StringInfo report)
 {
-	if (search(ref, mode, acquisition, since_us, report) != CYCLE_ME_VICTIM)
-		return false;
-	resetStringInfo(report);
-	return search(ref, mode, acquisition, since_us, report) == CYCLE_ME_VICTIM;
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "redislock deadlock check",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	StringInfoData found;
+	bool		victim;
+
+	/* what a search allocates (nodes, keys, replies' copies) goes with its context */
+	initStringInfo(&found);
+	victim = search(ref, mode, acquisition, since_us, &found) == CYCLE_ME_VICTIM;
+	if (victim)
+	{
+		resetStringInfo(&found);
+		victim = search(ref, mode, acquisition, since_us, &found) == CYCLE_ME_VICTIM;
+	}
+	MemoryContextSwitchTo(old);
+	if (victim)
+		appendStringInfoString(report, found.data);
+	MemoryContextDelete(cxt);
+	return victim;
 }

@@ -637,17 +637,26 @@ lockop_wait(const LockRef *ref, LockRequest req, const char *acquisition, int tt
 		}
 		if (deadline != 0 && redislock_monotonic_ms() >= deadline)
 			give_up_wait(ref, timeout_ms);
-		if (redislock_deadlock_timeout_ms > 0 &&
+		/*
+		 * At deadlock_timeout: say what we wait for, and look for a deadlock, once, as PostgreSQL
+		 * does (a cycle that closes later is found by the member that closes it, which looks after
+		 * its own deadlock_timeout and finds this record). Then keep the record alive, every few
+		 * heartbeats. Not right after a lost connection: the wait rides out a failover first.
+		 */
+		if (redislock_deadlock_timeout_ms > 0 && losses == 0 &&
 			redislock_monotonic_ms() - started >= redislock_deadlock_timeout_ms)
 		{
-			/* say what we wait for (again: the record lives for a few heartbeats), and look */
-			deadlock_publish(ref, (char) req.mode, acquisition, since_us);
-			if (deadlock_checked_ms == 0 ||
-				redislock_monotonic_ms() - deadlock_checked_ms >= redislock_deadlock_timeout_ms)
+			if (deadlock_checked_ms == 0)
 			{
-				deadlock_checked_ms = redislock_monotonic_ms();
-				look_for_deadlock(ref, req, acquisition, since_us);
+				if (deadlock_publish(ref, (char) req.mode, acquisition, since_us, true))
+				{
+					deadlock_checked_ms = redislock_monotonic_ms();
+					look_for_deadlock(ref, req, acquisition, since_us);
+				}
 			}
+			else if (redislock_monotonic_ms() - deadlock_checked_ms >= DEADLOCK_REFRESH_MS &&
+					 deadlock_publish(ref, (char) req.mode, acquisition, since_us, false))
+				deadlock_checked_ms = redislock_monotonic_ms();
 		}
 		if (redislock_log_lock_waits && !logged &&
 			redislock_monotonic_ms() - started >= REDISLOCK_LOG_WAIT_AFTER_MS)

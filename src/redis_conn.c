@@ -314,6 +314,18 @@ wait_for_socket(RedisServer *server, int events, TimestampTz deadline, bool inte
 	}
 }
 
+/* The connection broke (st: EOF or an error, why says which): it cannot be kept. Returns false. */
+static bool
+connection_broke(RedisServer *server, TransportStatus st, const char *why, RedisError *err)
+{
+	server->broken = true;
+	set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
+			  "lost connection to Redis at %s: %s", server->name,
+			  st == TRANSPORT_EOF ? "server closed the connection" : why);
+	err->connection_lost = true;
+	return false;
+}
+
 /* Send what is buffered for the server, within the deadline. */
 static bool
 flush_output(RedisServer *server, TimestampTz deadline, bool interruptible, RedisError *err)
@@ -331,14 +343,7 @@ flush_output(RedisServer *server, TimestampTz deadline, bool interruptible, Redi
 			continue;
 		}
 		if (st == TRANSPORT_ERROR || st == TRANSPORT_EOF)
-		{
-			server->broken = true;
-			set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
-					  "lost connection to Redis at %s: %s", server->name,
-					  st == TRANSPORT_EOF ? "server closed the connection" : why);
-			err->connection_lost = true;
-			return false;
-		}
+			return connection_broke(server, st, why, err);
 		if (!wait_for_socket(server, st == TRANSPORT_WANT_READ ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE,
 							 deadline, interruptible))
 		{
@@ -398,12 +403,7 @@ feed_reader(RedisServer *server, TimestampTz deadline, int timeout_ms, bool inte
 			events = st == TRANSPORT_WANT_READ ? WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
 			continue;
 		}
-		server->broken = true;
-		set_error(err, ERRCODE_CONNECTION_FAILURE, NULL,
-				  "lost connection to Redis at %s: %s", server->name,
-				  st == TRANSPORT_EOF ? "server closed the connection" : why);
-		err->connection_lost = true;
-		return false;
+		return connection_broke(server, st, why, err);
 	}
 }
 
@@ -1177,7 +1177,7 @@ redis_acl_rule(void)
 	static char rule[REDISLOCK_PREFIX_MAX + 256];
 
 	snprintf(rule, sizeof(rule),
-			 "~{%s* -@all +evalsha +eval +blpop +info +select +role +wait +time +hget +hgetall +hmget +hset +hsetnx +hdel +del +exists +set +pexpire +pttl +rpush +zadd +zrange +zrem +zcard +zscore",
+			 "~{%s* -@all +evalsha +eval +blpop +info +select +role +wait +time +hget +hgetall +hmget +hset +hsetnx +hdel +del +exists +set +pexpire +pttl +rpush +zadd +zrange +zrangebyscore +zrem +zcard +zscore",
 			 redislock_key_prefix);
 	return rule;
 }

@@ -478,7 +478,11 @@ extern int	registry_collect_due(int64 now_ms, RenewalItem *items, int max);
 extern void registry_record(const RenewalItem *item, bool kept, int64 renewed_ms);
 
 /* deadlock.c */
-extern void deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 since_us);
+
+/* How often a wait renews its record; the record outlives a few of these. */
+#define DEADLOCK_REFRESH_MS (5 * REDISLOCK_RECHECK_MS)
+extern bool deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 since_us,
+							 bool first);
 extern void deadlock_unpublish(const LockRef *ref);
 extern bool deadlock_check(const LockRef *ref, char mode, const char *acquisition, int64 since_us,
 						   StringInfo report);

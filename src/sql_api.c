@@ -123,6 +123,8 @@ timeout_arg(FunctionCallInfo fcinfo, int argno)
 	return ms > INT_MAX ? 0 : (int) ms;
 }
 
+static HeldLock *any_held(const char *key);
+
 /*
  * Take key in req's mode for this transaction (session: for the session), waiting in its queue or not.
  * A key this backend already holds in that mode gets one more hold, with no round trip. Returns
@@ -134,6 +136,7 @@ take_lock(const char *key, LockRequest req, int ttl_ms, int timeout_ms, bool wai
 		  int64 *token)
 {
 	HeldLock   *lock = lock_table_find(key, req.mode);
+	HeldLock   *other = any_held(key);	/* in any mode: one backend, one prefix per key name */
 	LockRef		ref = {redislock_key_prefix, key};
 	char		acquisition[REDISLOCK_HOLDER_MAX + 1];
 	char		name[REDISLOCK_NAME_MAX + 1];
@@ -142,6 +145,8 @@ take_lock(const char *key, LockRequest req, int ttl_ms, int timeout_ms, bool wai
 	bool		taken = true;
 
 	xact_init();
+	if (lock == NULL && other != NULL && strcmp(other->prefix, redislock_key_prefix) != 0)
+		lock = other;			/* for the message below */
 	if (lock != NULL && strcmp(lock->prefix, redislock_key_prefix) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -794,10 +799,14 @@ redis_wait_locks(PG_FUNCTION_ARGS)
 		}
 		PG_CATCH();
 		{
-			/* the timeout is the whole call's: say so (the abort releases what was taken) */
-			if (geterrcode() == ERRCODE_LOCK_NOT_AVAILABLE && deadline != 0)
+			ErrorData  *edata;
+
+			/* a lock timeout is the whole call's: say so (the abort releases what was taken) */
+			MemoryContextSwitchTo(call_cxt);
+			edata = CopyErrorData();
+			if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE && deadline != 0 &&
+				strncmp(edata->message, "could not obtain redis lock", 27) == 0)
 			{
-				MemoryContextSwitchTo(call_cxt);
 				FlushErrorState();
 				ereport(ERROR,
 						(errcode(ERRCODE_LOCK_NOT_AVAILABLE),

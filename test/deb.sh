@@ -20,6 +20,8 @@ rl_deb_suite() {
     -c "SELECT extversion FROM pg_extension WHERE extname = 'redislock'" \
     -c "SELECT redis_try_lock('deb:check')" 2>&1)
   psql -X -q -c "DROP DATABASE deb_check" >/dev/null
-  if [ "$out" != "$(printf '1.1\nt')" ]; then echo "deb: CREATE EXTENSION from the package gave: $out"; return 1; fi
+  local want
+  want=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$RL_ROOT/redislock.control")
+  if [ "$out" != "$(printf '%s\nt' "$want")" ]; then echo "deb: CREATE EXTENSION from the package gave: $out (want $want)"; return 1; fi
   echo "deb: $(basename "$deb") built, installed, CREATE EXTENSION and a lock work"
 }

@@ -28,7 +28,8 @@ if st.owner == me or st.shared[me] then
   return {1, token, exp - now_ms}
 end
 
-local queued = mode ~= 'try' and redis.call('ZSCORE', queue_key, me)
+local waiting = redis.call('EXISTS', queue_key) == 1
+local queued = waiting and mode ~= 'try' and redis.call('ZSCORE', queue_key, me)
 if mode == 'recheck' then
   if not queued then
     -- a grant whose lease ran out before we came back must not be popped by our next wait
@@ -41,7 +42,6 @@ elseif redis.call('EXISTS', tombstone_key(me)) == 1 then
 end
 
 -- a key is a lock or a semaphore, with one number of permits, while anyone holds or waits for it
-local waiting = redis.call('EXISTS', queue_key) == 1
 if st.raw_owner or st.nshared > 0 or waiting then
   if (lmode == 'm') ~= (st.kind == 'm') or (lmode == 'm' and st.permits ~= permits) then
     return {3, st.kind == 'm' and 'semaphore' or 'lock', st.permits or 0}
@@ -57,10 +57,9 @@ end
 -- whoever the queue's head entitles now (a lease ran out, a hold ended) gets the lock first
 local handed, tokens = 0, {}
 if waiting then
+  -- (dead waiters are dropped on the way, so the queue may be empty afterwards even if nobody got it)
   handed, tokens = hand_over(st, now_ms, now_us)
-  if handed > 0 then
-    waiting = redis.call('EXISTS', queue_key) == 1
-  end
+  waiting = redis.call('EXISTS', queue_key) == 1
 end
 if tokens[me] then
   -- our own place came up while we re-checked: the lease is the one asked now

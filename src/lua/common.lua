@@ -70,6 +70,11 @@ local function lock_state(now_ms, purge)
   if v[1] and st.expires and st.expires > now_ms then
     st.owner = v[1]
   end
+  -- shared holders exist only with the lock hash (every grant writes its token there, and the hash
+  -- outlives them): no hash, no call for them (the uncontended path)
+  if not v[2] then
+    return st
+  end
   local flat = redis.call('HGETALL', shared_key)
   for i = 1, #flat, 2 do
     local exp, tok = string.match(flat[i + 1], '^(%d+):(%d+)$')
@@ -147,10 +152,15 @@ local function next_token(last, now_us)
   return now_us
 end
 
--- Give holder the lock in mode for ttl ms; returns its token.
+-- Give holder the lock in mode for ttl ms; returns its token. An exclusive holder whose lease ran out
+-- loses its claim here: its check before commit must now fail, as the lock was taken meanwhile.
 local function grant(st, holder, mode, ttl, now_ms, now_us)
   local token = next_token(st.last, now_us)
   st.last = token
+  if st.raw_owner and not st.owner and mode ~= 'x' then
+    redis.call('HDEL', lock_key, 'owner', 'otoken', 'expires')
+    st.raw_owner = nil
+  end
   if mode == 'x' then
     redis.call('HSET', lock_key, 'owner', holder, 'token', token, 'otoken', token, 'expires', now_ms + ttl)
     st.owner, st.raw_owner, st.expires, st.otoken = holder, holder, now_ms + ttl, token
@@ -161,7 +171,11 @@ local function grant(st, holder, mode, ttl, now_ms, now_us)
     st.shared[holder] = {now_ms + ttl, token}
     st.nshared = st.nshared + 1
   end
-  keep_at_least(lock_key, hash_ttl(ttl))
+  if st.nshared == 0 then
+    redis.call('PEXPIRE', lock_key, hash_ttl(ttl))
+  else
+    keep_at_least(lock_key, hash_ttl(ttl))
+  end
   return token
 end
 

@@ -8,6 +8,11 @@
 local me = ARGV[1]
 local v = redis.call('HMGET', lock_key, 'owner')
 if v[1] == me then
+  -- the usual case, an exclusive holder that nobody waits for and nobody shares with: the keys go
+  if redis.call('EXISTS', queue_key) == 0 and redis.call('EXISTS', shared_key) == 0 then
+    redis.call('DEL', lock_key)
+    return 1
+  end
   redis.call('HDEL', lock_key, 'owner', 'otoken', 'expires')
 elseif redis.call('HDEL', shared_key, me) == 0 then
   -- not a holder: leave the queue, if queued, and drop a grant that may be on its way; an acquire of
@@ -15,6 +20,11 @@ elseif redis.call('HDEL', shared_key, me) == 0 then
   forget_waiter(me)
   redis.call('DEL', grant_key(me))
   redis.call('SET', tombstone_key(me), 1, 'PX', TOMBSTONE_MS)
+  -- a waiter that leaves may have kept others behind it waiting (shared ones behind an exclusive one)
+  if redis.call('EXISTS', queue_key) == 1 then
+    local now_ms, now_us = redis_now()
+    hand_over(lock_state(now_ms, true), now_ms, now_us)
+  end
   return 0
 end
 local now_ms, now_us = redis_now()

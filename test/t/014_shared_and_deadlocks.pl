@@ -204,4 +204,30 @@ is($broken, 0, 'no reader saw a half-written pair');
 ($reads, $broken) = readers_and_writers(0);
 cmp_ok($broken, '>', 0, "without the locks the same run sees half-written pairs ($broken of $reads)");
 
+# --- the scripts, with redis-cli: modes meet leases that ran out ---------------------------------------
+{
+	my $lua = "$ENV{TESTDIR}/lua";
+	my $k = '{redislock:modes:k}';
+	my $eval = sub {
+		my ($script, @args) = @_;
+		my $r = `redis-cli -p $redis->{port} --eval $lua/$script.lua '$k' '$k:q' '$k:w' , @args 2>&1`;
+		chomp $r;
+		return $r;
+	};
+	my ($ok, $token) = split /\n/, $eval->('acquire', 'h:1:1:a:1', 200, 'try', 3000, 'x', 0);
+	is($ok, '1', 'an exclusive hold with a 200 ms lease');
+	usleep(300_000);
+	like($eval->('acquire', 'h:1:2:b:1', 30000, 'try', 3000, 's', 0), qr/^1\n/,
+		'after its lease ran out, another backend takes the key shared');
+	is($eval->('verify', 'h:1:1:a:1', $token, 30000), '0',
+		'the exclusive holder whose lease ran out can no longer prove its lock (its COMMIT fails)');
+	is($eval->('release', 'h:1:1:a:1'), '0', 'and its release finds nothing of its own');
+	# a waiter that leaves lets the shared waiters behind it go at once
+	is($eval->('acquire', 'h:1:3:c:1', 30000, 'wait', 3000, 'x', 0) =~ /^0/ ? 1 : 0, 1, 'an exclusive waiter queues behind the shared holder');
+	is($eval->('acquire', 'h:1:4:d:1', 30000, 'wait', 3000, 's', 0) =~ /^0/ ? 1 : 0, 1, 'a shared waiter queues behind it (no writer starvation)');
+	$eval->('release', 'h:1:3:c:1');
+	is($redis->cli('HEXISTS', "$k:s", 'h:1:4:d:1'), '1', 'when the exclusive waiter leaves, the shared waiter behind it is granted at once');
+	is($redis->cli('LLEN', "$k:g:h:1:4:d:1"), '1', '... and woken by its grant');
+}
+
 done_testing();
