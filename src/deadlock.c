@@ -341,8 +341,16 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 
 				if (!reply_str(r->element[h], &holder) || !reply_str(r->element[h + 1], &hold_mode))
 					continue;
-				/* a waiter queued ahead blocks as a holder would: FIFO serves it first */
+				/*
+				 * A waiter queued ahead blocks as a holder would: FIFO serves it first. One that
+				 * asks for the same mode adds no path: everything that blocks it (the key's holders,
+				 * the waiters ahead of it) blocks this waiter directly. So only a waiter ahead in
+				 * another mode is followed (a shared waiter behind an exclusive one, say), which
+				 * keeps a long queue from multiplying the search.
+				 */
 				queued = hold_mode[0] == 'q';
+				if (queued && hold_mode[1] == w->mode)
+					continue;
 				if (!blocks(w->mode, queued ? hold_mode[1] : hold_mode[0], queued,
 							(int) r->element[1]->integer))
 					continue;
