@@ -230,4 +230,35 @@ cmp_ok($broken, '>', 0, "without the locks the same run sees half-written pairs 
 	is($redis->cli('LLEN', "$k:g:h:1:4:d:1"), '1', '... and woken by its grant');
 }
 
+# --- the seed's seat reservation, with readers under shared locks ------------------------------------
+# 10 reservations of one seat (exclusive, as the seed scenario) run with 20 readers that look at the
+# seat under a shared lock of the same key: exactly one reservation succeeds, and no reader ever sees a
+# holder other than the one that won.
+{
+	my $scenarios = $ENV{REDISLOCK_SCENARIOS};
+	$a->safe_psql('postgres', "\\i $scenarios/schema.sql");
+	$a->safe_psql('postgres', 'CALL scenario_reset(); CREATE TABLE seat_reads (holder int)');
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	open my $w, '>', "$dir/reserve.sql" or die;
+	print $w "SELECT reserve_seat(7, 42, :client_id);\n";
+	close $w;
+	open my $r, '>', "$dir/read.sql" or die;
+	print $r "BEGIN;\nSELECT redis_wait_lock_shared('concert:7:seat:42', '30 s') > 0;\n"
+	  . "INSERT INTO seat_reads SELECT reserved_by FROM seat WHERE concert_id = 7 AND seat_no = 42;\nCOMMIT;\n";
+	close $r;
+	my @runs;
+	push @runs, IPC::Run::start([ 'pgbench', '-n', '-c', '10', '-j', '10', '-t', '1', '-f', "$dir/reserve.sql",
+			'-h', $a->host, '-p', $a->port, 'postgres' ], '>', \my $o1, '2>', \my $e1);
+	push @runs, IPC::Run::start([ 'pgbench', '-n', '-c', '20', '-j', '10', '-t', '5', '-f', "$dir/read.sql",
+			'-h', $a->host, '-p', $a->port, 'postgres' ], '>', \my $o2, '2>', \my $e2);
+	$_->finish for @runs;
+	my ($ok, $winner) = split /\|/, $a->safe_psql('postgres',
+		'SELECT count(*) FILTER (WHERE ok), (SELECT reserved_by FROM seat WHERE concert_id = 7 AND seat_no = 42) FROM reservation_log');
+	is($ok, 1, 'seat reservation with readers under shared locks: exactly 1 of 10 succeeds');
+	my ($reads, $others) = split /\|/, $a->safe_psql('postgres',
+		"SELECT count(*), count(*) FILTER (WHERE holder IS NOT NULL AND holder <> $winner) FROM seat_reads");
+	is($reads, 100, 'all 100 reads ran');
+	is($others, 0, 'no reader saw a holder other than the winner');
+}
+
 done_testing();
