@@ -6,7 +6,7 @@
 
 EXTENSION = redislock
 MODULE_big = redislock
-OBJS = src/redislock.o src/settings.o src/transport.o src/redis_conn.o src/sentinel.o src/replicas.o src/deadlock.o src/names.o src/scripts.o src/lock_ops.o \
+OBJS = src/redislock.o src/settings.o src/transport.o src/redis_conn.o src/sentinel.o src/cluster.o src/replicas.o src/deadlock.o src/names.o src/scripts.o src/lock_ops.o \
        src/release.o \
        src/registry.o src/keeper.o src/stats.o \
        src/lock_table.o src/xact.o src/sql_api.o

@@ -25,6 +25,17 @@ SET redislock.sentinels = 'host:70000';
 SET redislock.sentinels = '::1:26379';
 SET redislock.sentinels = '[::1]:26379, 127.0.0.1:26380';
 RESET redislock.sentinels;
+SET redislock.cluster_nodes = '127.0.0.1';
+SET redislock.cluster_nodes = '127.0.0.1:7000,, [::1]:7001';
+SHOW redislock.cluster_nodes;
+-- Cluster and Sentinel together: refused at the first lock call, naming both
+SET redislock.sentinels = '127.0.0.1:26379';
+\set VERBOSITY sqlstate
+SELECT redis_try_lock('both');
+\set VERBOSITY default
+SELECT redis_try_lock('both');
+RESET redislock.sentinels;
+RESET redislock.cluster_nodes;
 SET redislock.sentinel_master = '';
 SET redislock.wait_replicas = -1;
 SET redislock.wait_replicas_timeout = 0;
@@ -76,6 +87,7 @@ SET redislock.sslmode = 'disable';
 SET redislock.sentinels = '127.0.0.1:26379';
 SET redislock.sentinel_password = 'guess';
 SHOW redislock.sentinel_password;
+SET redislock.cluster_nodes = '127.0.0.1:7000';
 SET redislock.wait_replicas = 0;
 SELECT count(*) FROM pg_settings WHERE name IN ('redislock.password', 'redislock.sentinel_password');
 RESET ROLE;

@@ -114,6 +114,23 @@ record_ttl_ms(void)
 }
 
 /*
+ * Plain commands on wait records, each sent to the server of its key (records of different backends
+ * may be on different Redis Cluster nodes): one round trip per server.
+ */
+static bool
+run_plain(int n, RedisCommand *cmds, redisReply **replies, RedisError *err)
+{
+	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
+	bool		ok;
+
+	for (int i = 0; i < n; i++)
+		ids[i] = SCRIPT_NONE;
+	ok = script_run_routed(n, cmds, ids, replies, redislock_command_timeout_ms, true, err);
+	pfree(ids);
+	return ok;
+}
+
+/*
  * Say in Redis that this backend waits for ref in mode, by acquisition, since since_us (first: the
  * wait's first publication); again to keep the record alive. One round trip; false when Redis could
  * not be asked (the wait goes on: a failover, say, is ridden out by the wait loop).
@@ -149,7 +166,7 @@ deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 s
 	add_arg(&cmds[1], since);
 	record_command(&cmds[2], "PEXPIRE", key);
 	add_arg(&cmds[2], ttl);
-	if (!redis_roundtrip(redis_primary_server(), 3, cmds, replies, redislock_command_timeout_ms, true, &err))
+	if (!run_plain(3, cmds, replies, &err))
 	{
 		pfree(key);
 		return false;
@@ -159,7 +176,7 @@ deadlock_publish(const LockRef *ref, char mode, const char *acquisition, int64 s
 	{
 		if (replies[i]->type == REDIS_REPLY_ERROR)
 		{
-			redis_error_from_reply(redis_primary_server(), replies[i], &err);
+			redis_error_from_reply(script_answered_by(&cmds[i]), replies[i], &err);
 			ok = false;
 		}
 	}
@@ -178,7 +195,7 @@ deadlock_unpublish(const LockRef *ref)
 	RedisError	err;
 
 	record_command(&cmd, "DEL", key);
-	if (redis_roundtrip(redis_primary_server(), 1, &cmd, &reply, redislock_command_timeout_ms, true, &err))
+	if (run_plain(1, &cmd, &reply, &err))
 		redis_free_replies(1, &reply);
 	pfree(key);
 }
@@ -283,7 +300,6 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 	int			nnodes = 1;
 	int			level_start = 0;
 	const char *me = names_backend_id();
-	RedisServer *server = redis_primary_server();
 
 	nodes[0].backend = pstrdup(me);
 	nodes[0].prefix = pstrdup(ref->prefix);
@@ -318,7 +334,7 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 			ids[i] = SCRIPT_HOLDERS;
 		}
 		/* a check that cannot ask Redis finds nothing; the wait loop deals with Redis */
-		if (!script_run(server, nlevel, cmds, ids, replies, redislock_command_timeout_ms, true, &err))
+		if (!script_run_routed(nlevel, cmds, ids, replies, redislock_command_timeout_ms, true, &err))
 			return NO_CYCLE;
 		for (int i = 0; i < nlevel; i++)
 		{
@@ -415,7 +431,7 @@ search(const LockRef *ref, char mode, const char *acquisition, int64 since_us, S
 				add_arg(&rc[c], "acq");
 				add_arg(&rc[c], "since");
 			}
-			if (!redis_roundtrip(server, ncand, rc, rr, redislock_command_timeout_ms, true, &err))
+			if (!run_plain(ncand, rc, rr, &err))
 				return NO_CYCLE;
 			for (int c = 0; c < ncand && nnodes < DEADLOCK_MAX_NODES; c++)
 			{

@@ -30,14 +30,13 @@
 #include "utils/timestamp.h"
 
 /*
- * The connection for a lock operation, once the answers that earlier releases owe have been read and
- * every release whose outcome is unknown has run: they come first on the stream.
+ * Before a lock operation: the answers that earlier releases owe are read and every release whose
+ * outcome is unknown has run (they come first on the stream).
  */
-static RedisServer *
-server_for_call(bool interruptible)
+static void
+settle_before_call(bool interruptible)
 {
 	release_settle(interruptible);
-	return redis_primary_server();
 }
 
 /*
@@ -183,8 +182,9 @@ acquire_reply(RedisServer *server, const redisReply *reply, AcquireResult *res, 
 }
 
 /*
- * Whether a failure lets a wait in Sentinel mode go on: the master could not be reached, or the
- * connection broke (a failover closes every client). The acquire script is safe to run again for the
+ * Whether a failure lets a wait in Sentinel or Cluster mode go on: the master could not be reached, or
+ * the connection broke (a failover closes every client; in Cluster mode the slot's master may have
+ * died, and its replica takes over once the cluster notices). The acquire script is safe to run again for the
  * same acquisition (it finds itself owner, or queued, and keeps that), so whether it was sent does
  * not matter. The wait then asks Sentinel again until its deadline.
  */
@@ -192,6 +192,32 @@ static bool
 may_retry_for_failover(bool may_wait_for_master, const RedisError *err)
 {
 	return may_wait_for_master && (err->unreachable || err->connection_lost);
+}
+
+/*
+ * A connection to the server of a lock (a cancel while connecting leaves nothing to undo). In Cluster
+ * mode a node that cannot be reached may have been failed over: the map is asked for again, and when
+ * it names another node for the slot, that one is tried. NULL with err set on failure.
+ */
+static RedisServer *
+connect_for_lock(const LockRef *ref, RedisError *err)
+{
+	RedisServer *server = cluster_server_for_lock(ref, true, err);
+
+	if (server != NULL && redis_ensure_connected(server, true, err))
+		return server;
+	if (!cluster_mode())
+		return NULL;
+	cluster_server_failed();
+	if (server != NULL)
+	{
+		RedisServer *again = cluster_server_for_lock(ref, true, err);
+
+		if (again != NULL && again != server && redis_ensure_connected(again, true, err))
+			return again;
+		cluster_server_failed();
+	}
+	return NULL;
 }
 
 /*
@@ -223,9 +249,10 @@ acquire_call(const LockRef *ref, LockRequest req, const char *acquisition, int t
 		}
 		redis_raise(&err);
 	}
-	server = redis_primary_server();
+	cluster_check_settings();
+	server = connect_for_lock(ref, &err);
 	/* a cancel while connecting (a TLS handshake that hangs) leaves nothing to undo */
-	if (!redis_ensure_connected(server, true, &err))
+	if (server == NULL)
 	{
 		if (may_retry_for_failover(may_wait_for_master, &err))
 		{
@@ -246,6 +273,8 @@ acquire_call(const LockRef *ref, LockRequest req, const char *acquisition, int t
 		/* a call that never left (Redis refused the connection) has nothing to undo */
 		if (!err.sent)
 			release_call_sent(was_sent);
+		if (err.unreachable || err.connection_lost)
+			cluster_server_failed();
 		if (may_retry_for_failover(may_wait_for_master, &err))
 		{
 			*failure = err;
@@ -311,7 +340,7 @@ wait_for_grant(const LockRef *ref, LockRequest req, const char *acquisition, int
 			   int64 *token,
 			   bool may_wait_for_master)
 {
-	RedisServer *server = redis_primary_server();
+	RedisServer *server;
 	RedisCommand cmds[3];
 	RedisScriptId ids[3] = {SCRIPT_NONE, SCRIPT_ACQUIRE, SCRIPT_NONE};
 	redisReply *replies[3] = {NULL, NULL, NULL};
@@ -326,6 +355,14 @@ wait_for_grant(const LockRef *ref, LockRequest req, const char *acquisition, int
 	int			ncmds = 1;
 	bool		ok;
 
+	server = cluster_server_for_lock(ref, true, &err);
+	if (server == NULL)
+	{
+		pfree(grant_key);
+		if (may_retry_for_failover(may_wait_for_master, &err))
+			return GRANT_CONNECTION_LOST;
+		redis_raise(&err);
+	}
 	snprintf(seconds, sizeof(seconds), "%d.%03d", block_ms / 1000, block_ms % 1000);
 	cmds[0].argc = 3;
 	cmds[0].argv[0] = "BLPOP";
@@ -352,15 +389,38 @@ wait_for_grant(const LockRef *ref, LockRequest req, const char *acquisition, int
 		 * meanwhile is recorded in Redis: the caller re-checks on a new connection, and fails only if
 		 * that fails (and then release.c undoes the wait as soon as Redis can be reached).
 		 */
+		if (err.unreachable || err.connection_lost)
+			cluster_server_failed();
 		if (err.connection_lost || may_retry_for_failover(may_wait_for_master, &err))
 			return GRANT_CONNECTION_LOST;
 		redis_raise(&err);
 	}
 
 	reply = replies[0];
-	if (reply->type == REDIS_REPLY_NIL)
+	if (reply->type == REDIS_REPLY_NIL || script_reply_not_run(reply))
 	{
+		/*
+		 * Nothing granted yet, or (Redis Cluster) the lock's slot moved or is moving: MOVED has
+		 * corrected the map, and the next re-check follows the slot to its node.
+		 */
+		bool		moving = reply->type == REDIS_REPLY_ERROR;
+
+		if (moving)
+		{
+			RedisServer *to;
+			bool		ask;
+
+			(void) cluster_redirection(reply, server, &to, &ask);
+		}
 		redis_free_replies(ncmds, replies);
+		/* while a slot is half moved, BLPOP is turned away at once: do not spin on it */
+		if (moving)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Min(block_ms, 50), redis_wait_event());
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
 		return GRANT_NOT_YET;
 	}
 	if (reply->type == REDIS_REPLY_ERROR)
@@ -469,8 +529,7 @@ current_holder(const LockRef *ref)
 
 	names_lock_keys(ref, &keys);
 	script_command(&cmd, id, &keys, 0, NULL);
-	if (script_run(redis_primary_server(), 1, &cmd, &id, &reply, redislock_command_timeout_ms, true,
-				   &err))
+	if (script_run_routed(1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err))
 	{
 		if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 6 &&
 			reply->element[0]->type == REDIS_REPLY_STRING && reply->element[0]->len > 0)
@@ -537,7 +596,7 @@ lockop_wait(const LockRef *ref, LockRequest req, const char *acquisition, int tt
 	bool		queued = false; /* it had to wait (counted once) */
 	int			unreachable_in_a_row = 0;	/* Sentinel mode: attempts that found no master */
 	RedisError	unreachable;
-	bool		follow_failover = redislock_sentinels[0] != '\0';
+	bool		follow_failover = redislock_sentinels[0] != '\0' || cluster_mode();
 	int64		since_us = GetCurrentTimestamp();	/* for the deadlock check's choice of victim */
 	int64		deadlock_checked_ms = 0;	/* when this wait last looked for a deadlock, or 0 */
 
@@ -695,8 +754,8 @@ lockop_verify_many(int n, const LockRef *refs, const char *const *acquisitions, 
 		names_lock_keys(&refs[i], &keys[i]);
 		script_command(&cmds[i], SCRIPT_VERIFY, &keys[i], 3, args);
 	}
-	ok = script_run_yes_no(server_for_call(interruptible), n, SCRIPT_VERIFY, cmds, kept,
-						   redislock_wait_replicas > 0, interruptible, err);
+	settle_before_call(interruptible);
+	ok = script_run_yes_no(n, SCRIPT_VERIFY, cmds, kept, redislock_wait_replicas > 0, interruptible, err);
 	for (int i = 0; i < n; i++)
 		names_lock_keys_free(&keys[i]);
 	pfree(keys);
@@ -718,7 +777,8 @@ lockop_force(const LockRef *ref)
 
 	names_lock_keys(ref, &keys);
 	script_command(&cmd, SCRIPT_FORCE, &keys, 0, NULL);
-	ok = script_run_yes_no(server_for_call(true), 1, SCRIPT_FORCE, &cmd, &broke, false, true, &err);
+	settle_before_call(true);
+	ok = script_run_yes_no(1, SCRIPT_FORCE, &cmd, &broke, false, true, &err);
 	names_lock_keys_free(&keys);
 	if (!ok)
 		redis_raise(&err);
@@ -729,7 +789,7 @@ lockop_force(const LockRef *ref)
 void
 lockop_info(const LockRef *ref, LockInfo *info)
 {
-	RedisServer *server = server_for_call(true);
+	RedisServer *server;
 	LockKeys	keys;
 	RedisCommand cmd;
 	RedisScriptId id = SCRIPT_INFO;
@@ -737,9 +797,11 @@ lockop_info(const LockRef *ref, LockInfo *info)
 	RedisError	err;
 	bool		ok;
 
+	settle_before_call(true);
 	names_lock_keys(ref, &keys);
 	script_command(&cmd, id, &keys, 0, NULL);
-	ok = script_run(server, 1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err);
+	ok = script_run_routed(1, &cmd, &id, &reply, redislock_command_timeout_ms, true, &err);
+	server = ok ? script_answered_by(&cmd) : NULL;
 	names_lock_keys_free(&keys);
 	if (!ok)
 		redis_raise(&err);

@@ -114,7 +114,7 @@ lock_table_add(const char *key, LockRequest req, int64 token, int ttl_ms, int64 
 	lock->ttl_ms = ttl_ms;
 	lock->acquired_at = GetCurrentTimestamp();
 	lock->lease_start_ms = lease_start_ms;
-	lock->connection_epoch = redis_connection_epoch(redis_primary_server_as_is());
+	lock_table_note_connection(lock);
 	lock->session_holds = session ? 1 : 0;
 	lock->nholds = 0;
 	lock->holds_cap = 4;
@@ -135,6 +135,29 @@ lock_table_add(const char *key, LockRequest req, int64 token, int ttl_ms, int64 
 	}
 	PG_END_TRY();
 	return lock;
+}
+
+/*
+ * The server that serves the lock now, as far as this backend knows without asking (in Cluster mode,
+ * by its slot), or NULL when no node is known for it.
+ */
+RedisServer *
+lock_table_server_now(const HeldLock *lock)
+{
+	LockRef		ref = lock_table_ref(lock);
+	RedisError	ignored;
+
+	if (!cluster_mode())
+		return redis_primary_server_as_is();
+	return cluster_server_for_lock(&ref, false, &ignored);
+}
+
+/* The lock is in Redis on its server's current connection (just taken, or just verified). */
+void
+lock_table_note_connection(HeldLock *lock)
+{
+	lock->server = lock_table_server_now(lock);
+	lock->connection_epoch = lock->server ? redis_connection_epoch(lock->server) : 0;
 }
 
 /*

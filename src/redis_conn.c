@@ -16,8 +16,9 @@
  *
  * The bytes move through transport.c (a plain or TLS socket); hiredis reads the protocol. A server is
  * one of two kinds: the data server that holds the locks (redislock.host/port, or the master that the
- * Sentinels name: sentinel.c finds it each time we connect) and the Sentinel that sentinel.c asks. The
- * struct keeps everything per server, so that Cluster or a quorum of masters can add more.
+ * Sentinels name: sentinel.c finds it each time we connect) and the Sentinel that sentinel.c asks. In
+ * Redis Cluster every master is a data server of its own (a node, made on first use at the address
+ * cluster.c names, and kept for the backend's life); what one connection owes stays with it.
  */
 #include "redislock.h"
 
@@ -41,6 +42,9 @@ struct RedisServer
 	bool		broken;			/* an I/O error or EOF met on it: it cannot be kept */
 	bool		not_master;		/* it answered READONLY: replace it (Sentinel names the new master) */
 	bool		named_not_master;	/* the last connect failed: ROLE said it is not a master */
+	bool		cluster_node;	/* a Redis Cluster node: its address is fixed */
+	uint32		known_scripts;	/* scripts.c: the scripts it answered on this connection */
+	bool		inbox_unanswered;	/* the inbox holds some of what redis_send_unanswered is owed */
 	Transport	sock;
 	redisReader *reader;		/* hiredis's protocol reader, one per connection */
 	char	   *out;			/* commands not written yet: out[out_sent..out_len) (malloc'd) */
@@ -64,6 +68,12 @@ struct RedisServer
 static RedisServer primary_server = {.kind = SERVER_DATA};
 static RedisServer sentinel_server = {.kind = SERVER_SENTINEL};
 
+/* Redis Cluster nodes met so far (never freed: a backend meets few), and what each keeps room for */
+static RedisServer **cluster_nodes = NULL;
+static int	ncluster_nodes = 0;
+static int	reserved_replies = 0;
+static size_t reserved_output = 0;
+
 static void
 server_set_name(RedisServer *server)
 {
@@ -79,7 +89,7 @@ server_set_name(RedisServer *server)
 static void
 server_set_configured_address(RedisServer *server)
 {
-	if (server->kind != SERVER_DATA || redislock_sentinels[0] != '\0')
+	if (server->kind != SERVER_DATA || server->cluster_node || redislock_sentinels[0] != '\0')
 		return;
 	snprintf(server->host, sizeof(server->host), "%s", redislock_host);
 	server->port = redislock_port;
@@ -103,15 +113,27 @@ redis_primary_server_as_is(void)
 	return &primary_server;
 }
 
+/*
+ * Connection settings that changed take effect: every data connection is closed (the next call
+ * connects as they say now), and Cluster mode forgets its map.
+ */
+void
+redis_apply_settings(void)
+{
+	if (!redislock_connection_settings_changed)
+		return;
+	redis_disconnect(&primary_server);
+	for (int i = 0; i < ncluster_nodes; i++)
+		redis_disconnect(cluster_nodes[i]);
+	cluster_forget();
+	transport_settings_changed();
+	redislock_connection_settings_changed = false;
+}
+
 RedisServer *
 redis_primary_server(void)
 {
-	if (redislock_connection_settings_changed)
-	{
-		redis_disconnect(&primary_server);
-		transport_settings_changed();
-		redislock_connection_settings_changed = false;
-	}
+	redis_apply_settings();
 	if (!primary_server.connected)
 		server_set_configured_address(&primary_server);
 	return &primary_server;
@@ -133,6 +155,114 @@ redis_sentinel_server(const char *host, int port)
 }
 
 static void inbox_reserve(RedisServer *server, int n);
+static bool output_reserve(RedisServer *server, size_t len);
+
+/*
+ * The Redis Cluster node at host:port, made (not connected) when first named. NULL when out of memory:
+ * this may run in a commit callback (a redirection), where it must not throw.
+ */
+RedisServer *
+redis_node_server(const char *host, int port)
+{
+	RedisServer *server;
+
+	for (int i = 0; i < ncluster_nodes; i++)
+	{
+		if (redis_server_is_at(cluster_nodes[i], host, port))
+			return cluster_nodes[i];
+	}
+	if (ncluster_nodes % 16 == 0)
+	{
+		RedisServer **grown = MemoryContextAllocExtended(TopMemoryContext,
+														 (ncluster_nodes + 16) * sizeof(RedisServer *),
+														 MCXT_ALLOC_NO_OOM);
+
+		if (grown == NULL)
+			return NULL;
+		if (ncluster_nodes > 0)
+		{
+			memcpy(grown, cluster_nodes, ncluster_nodes * sizeof(RedisServer *));
+			pfree(cluster_nodes);
+		}
+		cluster_nodes = grown;
+	}
+	server = MemoryContextAllocExtended(TopMemoryContext, sizeof(RedisServer),
+										MCXT_ALLOC_NO_OOM | MCXT_ALLOC_ZERO);
+	if (server == NULL)
+		return NULL;
+	server->kind = SERVER_DATA;
+	server->cluster_node = true;
+	snprintf(server->host, sizeof(server->host), "%s", host);
+	server->port = port;
+	server_set_name(server);
+	if (reserved_replies > 0)
+	{
+		server->inbox = MemoryContextAllocExtended(TopMemoryContext, reserved_replies * sizeof(redisReply *),
+												   MCXT_ALLOC_NO_OOM | MCXT_ALLOC_ZERO);
+		server->inbox_cap = server->inbox ? reserved_replies : 0;
+	}
+	(void) output_reserve(server, reserved_output);
+	cluster_nodes[ncluster_nodes++] = server;
+	return server;
+}
+
+/* Whether the server is at host:port. */
+bool
+redis_server_is_at(RedisServer *server, const char *host, int port)
+{
+	return server->port == port && strcmp(server->host, host) == 0;
+}
+
+/* The host (or address, or socket path) the server is at. */
+const char *
+redis_server_host(RedisServer *server)
+{
+	return server->host;
+}
+
+/* Whether the server has a connection that is up and idle. */
+bool
+redis_server_usable(RedisServer *server)
+{
+	return server->connected && !server->in_flight && !server->broken && server->unanswered == 0;
+}
+
+/* scripts.c's record of the scripts this server answered on its current connection. */
+uint32 *
+redis_known_scripts(RedisServer *server)
+{
+	return &server->known_scripts;
+}
+
+/*
+ * Room for n replies and bytes of output on every data server, now and on nodes met later, made ahead
+ * of commit and abort callbacks that must not allocate (release.c). False when out of memory.
+ */
+bool
+redis_reserve_everywhere(int n, size_t bytes)
+{
+	bool		ok = true;
+
+	reserved_replies = Max(reserved_replies, n);
+	reserved_output = Max(reserved_output, bytes);
+	inbox_reserve(&primary_server, n);
+	ok &= output_reserve(&primary_server, bytes);
+	for (int i = 0; i < ncluster_nodes; i++)
+	{
+		inbox_reserve(cluster_nodes[i], n);
+		ok &= output_reserve(cluster_nodes[i], bytes);
+	}
+	return ok;
+}
+
+/* Close every data connection (backend exit). */
+void
+redis_disconnect_all(void)
+{
+	redis_disconnect(&primary_server);
+	for (int i = 0; i < ncluster_nodes; i++)
+		redis_disconnect(cluster_nodes[i]);
+}
 
 static void
 inbox_clear(RedisServer *server)
@@ -147,7 +277,7 @@ inbox_clear(RedisServer *server)
  * pretending to be one) that announces two billion elements would cost gigabytes and a long loop in
  * redisFree. The reader of every connection refuses such an array at once (a protocol error).
  */
-#define REDIS_MAX_REPLY_ELEMENTS 1024
+#define REDIS_MAX_REPLY_ELEMENTS 16384	/* CLUSTER SLOTS: a range each */
 
 static redisReplyObjectFunctions guarded_functions;
 static void *(*hiredis_create_array) (const redisReadTask *, int) = NULL;
@@ -200,6 +330,8 @@ redis_disconnect(RedisServer *server)
 	server->out_len = server->out_sent = 0;
 	server->broken = false;
 	server->not_master = false;
+	server->known_scripts = 0;
+	server->inbox_unanswered = false;
 	server->in_flight = false;
 	server->timed_out_at = 0;
 	server->unanswered = 0;
@@ -440,16 +572,6 @@ read_replies(RedisServer *server, int n, TimestampTz deadline, int timeout_ms, b
 	return true;
 }
 
-/*
- * Room for n replies in the server's inbox, made ahead of a commit or abort callback that must not
- * allocate (see release.c).
- */
-void
-redis_reserve_replies(RedisServer *server, int n)
-{
-	inbox_reserve(server, n);
-}
-
 static void
 inbox_reserve(RedisServer *server, int n)
 {
@@ -492,16 +614,6 @@ output_append(RedisServer *server, const char *buf, size_t len)
 	memcpy(server->out + server->out_len, buf, len);
 	server->out_len += len;
 	return true;
-}
-
-/*
- * Room for bytes more of output, made ahead of a commit callback that sends releases without
- * waiting (see release.c), so that it does not grow the buffer there. False when out of memory.
- */
-bool
-redis_reserve_output(RedisServer *server, size_t bytes)
-{
-	return output_reserve(server, bytes);
 }
 
 /* Append commands to the server's output buffer, in the wire format. */
@@ -563,6 +675,8 @@ connect_hint(RedisServer *server)
 {
 	if (server->kind == SERVER_SENTINEL)
 		return "Check redislock.sentinels, and that the Sentinels are running.";
+	if (server->cluster_node)
+		return "Check redislock.cluster_nodes, and that the Redis Cluster is running (a failover may be under way).";
 	if (redislock_sentinels[0] != '\0')
 		return "Sentinel named this server as the master; check that it is running.";
 	return "Check redislock.host and redislock.port, and that Redis is running.";
@@ -639,7 +753,7 @@ handshake(RedisServer *server, TimestampTz deadline, bool interruptible, RedisEr
 			snprintf(db, sizeof(db), "%d", redislock_database);
 			simple_command(&cmds[n++], "SELECT", db);
 		}
-		if (redislock_sentinels[0] != '\0')
+		if (redislock_sentinels[0] != '\0' && !server->cluster_node)
 		{
 			role_at = n;
 			simple_command(&cmds[n++], "ROLE", NULL);
@@ -748,7 +862,7 @@ static bool server_connect_to(RedisServer *server, bool interruptible, RedisErro
 static bool
 server_connect(RedisServer *server, bool interruptible, RedisError *err)
 {
-	if (server->kind == SERVER_DATA && redislock_sentinels[0] != '\0')
+	if (server->kind == SERVER_DATA && redislock_sentinels[0] != '\0' && !server->cluster_node)
 	{
 		/* a Sentinel that names a server which is not a master lags: ask the next one */
 		for (int tried = 1;; tried++)
@@ -853,7 +967,7 @@ server_connect_to(RedisServer *server, bool interruptible, RedisError *err)
 	if (!wait_for_socket(server, WL_SOCKET_WRITEABLE, deadline, interruptible))
 	{
 		set_error(err, ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-				  server->kind == SERVER_SENTINEL || redislock_sentinels[0] != '\0' ? connect_hint(server) :
+				  server->kind == SERVER_SENTINEL || server->cluster_node || redislock_sentinels[0] != '\0' ? connect_hint(server) :
 				  "Check redislock.host and redislock.port, or raise redislock.connect_timeout.",
 				  "could not connect to Redis at %s: timed out after %d ms",
 				  server->name, redislock_connect_timeout_ms);
@@ -1139,21 +1253,65 @@ redis_unanswered(RedisServer *server)
 bool
 redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible, RedisError *err)
 {
+	return redis_read_unanswered_within(server, replies, redislock_command_timeout_ms, interruptible,
+										err);
+}
+
+/*
+ * Whether every reply owed to redis_send_unanswered arrives within wait_ms (a short grace, which
+ * never throws); then they are read into replies[] as redis_read_unanswered does. When they do not,
+ * what arrived is kept, and the connection still owes the rest, as before: nothing is lost or closed.
+ */
+bool
+redis_unanswered_arrived(RedisServer *server, redisReply **replies, int wait_ms)
+{
 	int			n = server->unanswered;
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   redislock_command_timeout_ms);
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
+	RedisError	err;
+
+	if (n == 0 || !server->connected || server->in_flight)
+		return false;
+	if (!server->inbox_unanswered)
+		inbox_clear(server);
+	inbox_reserve(server, n);
+	server->in_flight = true;
+	server->in_flight_replies = n;
+	server->in_flight_blocking = false;
+	if (!read_replies(server, n, deadline, wait_ms, false, &err))
+	{
+		server->in_flight = false;
+		server->inbox_unanswered = server->inbox_len > 0;
+		if (server->broken)
+			redis_disconnect(server);
+		return false;
+	}
+	server->unanswered = 0;
+	server->inbox_unanswered = false;
+	take_replies(server, n, replies);
+	return true;
+}
+
+/* redis_read_unanswered within timeout_ms. */
+bool
+redis_read_unanswered_within(RedisServer *server, redisReply **replies, int timeout_ms,
+							 bool interruptible, RedisError *err)
+{
+	int			n = server->unanswered;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
 	err->sent = true;
 	err->connection_lost = false;
 	err->timed_out = false;
 	Assert(server->connected && !server->in_flight);
-	inbox_clear(server);
+	if (!server->inbox_unanswered)
+		inbox_clear(server);
+	server->inbox_unanswered = false;
 	inbox_reserve(server, n);
 	server->unanswered = 0;
 	server->in_flight = true;
 	server->in_flight_replies = n;
 	server->in_flight_blocking = false;
-	if (!read_replies(server, n, deadline, redislock_command_timeout_ms, interruptible, err))
+	if (!read_replies(server, n, deadline, timeout_ms, interruptible, err))
 	{
 		if (server->connected && !server->broken && GetCurrentTimestamp() >= deadline)
 			server->timed_out_at = GetCurrentTimestamp();
@@ -1238,6 +1396,10 @@ redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError 
 				  "Point redislock.host and redislock.port at the master.",
 				  "Redis at %s is a read-only replica", server->name);
 	}
+	else if (REPLY_STARTS("MOVED ") || REPLY_STARTS("ASK "))
+		set_error(err, ERRCODE_CONNECTION_EXCEPTION,
+				  "The Redis Cluster's slots may be moving, or its nodes disagree about them: retry in a moment.",
+				  "Redis Cluster kept redirecting a command for a lock (last at %s)", server->name);
 	else if (REPLY_STARTS("LOADING") || REPLY_STARTS("BUSY") || REPLY_STARTS("MASTERDOWN") ||
 			 REPLY_STARTS("TRYAGAIN") || REPLY_STARTS("CLUSTERDOWN"))
 		set_error(err, ERRCODE_CANNOT_CONNECT_NOW, "Retry when Redis is ready.",

@@ -9,6 +9,7 @@
  *	transport.c		the socket under a connection, plain or TLS: connect, handshake, read, write
  *					(transport_*)
  *	sentinel.c		finding the master through Redis Sentinel (sentinel_*)
+ *	cluster.c		Redis Cluster: the slot map, which node serves a lock, redirections (cluster_*)
  *	replicas.c		confirming an acquisition or renewal with WAIT (replicas_*)
  *	deadlock.c		finding cycles of waits through redis locks and PostgreSQL's locks (deadlock_*)
  *	names.c			every name redislock uses in Redis: the keys of a lock, the ids of its holders (names_*)
@@ -163,6 +164,7 @@ extern char *redislock_sslrootcert;
 extern char *redislock_sslcert;
 extern char *redislock_sslkey;
 extern char *redislock_sentinels;
+extern char *redislock_cluster_nodes;
 extern char *redislock_sentinel_master;
 extern char *redislock_sentinel_username;
 extern char *redislock_sentinel_password;
@@ -183,6 +185,16 @@ typedef enum RedisSslMode
 #define REDISLOCK_LOG_WAIT_AFTER_MS 1000
 extern bool redislock_connection_settings_changed;
 extern void redislock_define_settings(void);
+
+/* One host:port of a list setting (redislock.sentinels, redislock.cluster_nodes). */
+typedef struct RedisAddress
+{
+	char		host[256];
+	int			port;
+} RedisAddress;
+
+extern int	redislock_parse_addresses(const char *name, const char *what, const char *list,
+									  RedisAddress *out, int max, char *problem, size_t len);
 
 /* Longest any one timeout setting may be: sums of a few of them never overflow an int. */
 #define REDISLOCK_TIMEOUT_MAX_MS (3600 * 1000)
@@ -264,6 +276,14 @@ extern RedisServer *redis_primary_server(void);
 extern RedisServer *redis_sentinel_server(const char *host, int port);
 extern const char *redis_server_name(RedisServer *server);
 extern RedisServer *redis_primary_server_as_is(void);
+extern void redis_apply_settings(void);
+extern RedisServer *redis_node_server(const char *host, int port);
+extern bool redis_server_is_at(RedisServer *server, const char *host, int port);
+extern const char *redis_server_host(RedisServer *server);
+extern bool redis_server_usable(RedisServer *server);
+extern uint32 *redis_known_scripts(RedisServer *server);
+extern bool redis_reserve_everywhere(int n, size_t bytes);
+extern void redis_disconnect_all(void);
 extern bool redis_ensure_connected(RedisServer *server, bool interruptible, RedisError *err);
 extern bool redis_roundtrip(RedisServer *server, int ncmds, const RedisCommand *cmds,
 							redisReply **replies, int timeout_ms, bool interruptible,
@@ -273,8 +293,9 @@ extern bool redis_send_unanswered(RedisServer *server, int ncmds, const RedisFor
 extern int	redis_unanswered(RedisServer *server);
 extern bool redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible,
 								  RedisError *err);
-extern void redis_reserve_replies(RedisServer *server, int n);
-extern bool redis_reserve_output(RedisServer *server, size_t bytes);
+extern bool redis_read_unanswered_within(RedisServer *server, redisReply **replies, int timeout_ms,
+										 bool interruptible, RedisError *err);
+extern bool redis_unanswered_arrived(RedisServer *server, redisReply **replies, int wait_ms);
 extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);
 extern uint64 redis_connection_epoch(RedisServer *server);
@@ -293,6 +314,18 @@ extern bool sentinel_locate_master(char *host, size_t hostlen, int *port, bool i
 								   RedisError *err);
 extern bool sentinel_check_list(const char *list, char *problem, size_t len);
 extern bool sentinel_answer_was_wrong(int tried);
+
+/* cluster.c */
+extern bool cluster_mode(void);
+extern bool cluster_check_list(const char *list, char *problem, size_t len);
+extern void cluster_check_settings(void);
+extern void cluster_forget(void);
+extern int	cluster_key_slot(const char *key, size_t len);
+extern int	cluster_command_slot(const RedisCommand *cmd);
+extern RedisServer *cluster_server_for_slot(int slot, bool interruptible, RedisError *err);
+extern RedisServer *cluster_server_for_lock(const LockRef *ref, bool interruptible, RedisError *err);
+extern bool cluster_redirection(const redisReply *reply, RedisServer *from, RedisServer **to, bool *ask);
+extern void cluster_server_failed(void);
 
 /* names.c */
 
@@ -333,8 +366,11 @@ extern void script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *
 extern char *script_format(const RedisCommand *cmd, size_t *len);
 extern bool script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *ids,
 					   redisReply **replies, int timeout_ms, bool interruptible, RedisError *err);
-extern bool script_run_yes_no(RedisServer *server, int n, RedisScriptId id, RedisCommand *cmds,
-							  int *answers, bool confirm, bool interruptible, RedisError *err);
+extern bool script_run_routed(int ncmds, RedisCommand *cmds, RedisScriptId *ids, redisReply **replies,
+							  int timeout_ms, bool interruptible, RedisError *err);
+extern bool script_run_yes_no(int n, RedisScriptId id, RedisCommand *cmds, int *answers, bool confirm,
+							  bool interruptible, RedisError *err);
+extern RedisServer *script_answered_by(const RedisCommand *cmd);
 extern bool script_reply_is_noscript(const redisReply *reply);
 extern bool script_reply_not_run(const redisReply *reply);
 extern void script_note_answer(RedisServer *server, RedisScriptId id, const redisReply *reply);
@@ -359,6 +395,7 @@ typedef struct ReleaseTicket
 	char	   *acquisition;
 	char	   *command;		/* EVALSHA of the release script, formatted */
 	size_t		command_len;
+	int			slot;			/* Redis Cluster's slot of the lock */
 	bool		held;			/* a held lock (its loss is worth a WARNING), not a call's undo */
 	int			ttl_ms;			/* the lease asked for */
 	int64		forget_after_ms;	/* monotonic, once owed: by then Redis has let it go by itself */
@@ -410,7 +447,8 @@ typedef struct HeldLock
 	int			ttl_ms;			/* lease asked for */
 	TimestampTz acquired_at;	/* when this backend got it (wall clock, for display) */
 	int64		lease_start_ms; /* monotonic; no later than the lease began in Redis */
-	uint64		connection_epoch;	/* the Redis connection it was taken on */
+	RedisServer *server;		/* the server it was taken on (a Cluster node: its slot's master) */
+	uint64		connection_epoch;	/* the connection to it that it was taken on */
 	int			session_holds;	/* holds that outlive transactions (redis_session_lock) */
 	int			nholds;			/* re-entrant transaction holds */
 	int			holds_cap;
@@ -423,6 +461,8 @@ extern HeldLock *lock_table_find(const char *key, LockMode mode);
 extern HeldLock *lock_table_add(const char *key, LockRequest req, int64 token, int ttl_ms,
 								int64 lease_start_ms, bool session);
 extern LockRef lock_table_ref(const HeldLock *lock);
+extern RedisServer *lock_table_server_now(const HeldLock *lock);
+extern void lock_table_note_connection(HeldLock *lock);
 extern void lock_table_push_hold(HeldLock *lock);
 extern void lock_table_pop_hold(HeldLock *lock);
 extern void lock_table_push_session_hold(HeldLock *lock);

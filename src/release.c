@@ -22,6 +22,13 @@
  * An owed release is dropped once Redis has surely let the lock go by itself (its lease and the lock
  * hash's TTL, or the waiter's heartbeat, ran out), or when Redis answered it with an error.
  *
+ * In Redis Cluster each release goes to the node that serves its lock's slot: the releases of one
+ * transaction are one write per node. A release that meets MOVED or ASK (the slot moved, or its
+ * master failed over, since this backend last looked) did not run; it is sent again to the node
+ * named at once. So that this happens even when the session then sits idle, COMMIT in Cluster mode
+ * gives the answers a short grace (RELEASE_CLUSTER_GRACE_MS, one round trip on a healthy network) to
+ * arrive before it returns; answers later than that are read before the next command, as usual.
+ *
  * A lock found already lost when released is a WARNING (after a commit; a ROLLBACK has nothing to
  * regret), unless the release may have run before and this is its second run. Undoing a call is
  * silent: the call's own ERROR has said what went wrong.
@@ -34,7 +41,8 @@
 /* What is known of an owed release. */
 typedef struct OwedState
 {
-	bool		sent;			/* written on the current connection, answer not read yet */
+	bool		sent;			/* written on server's current connection, answer not read yet */
+	RedisServer *server;		/* where it was sent */
 	bool		maybe_ran;		/* it may have run already: a 0 answer proves nothing */
 	bool		warn_if_lost;	/* released after a commit, while held */
 	bool		reading;		/* its answer is being read now */
@@ -71,9 +79,10 @@ reserve(int n)
 	send_buf = send_buf ? repalloc(send_buf, n * sizeof(*send_buf)) : palloc(n * sizeof(*send_buf));
 	answers = answers ? repalloc(answers, n * sizeof(*answers)) : palloc0(n * sizeof(*answers));
 	MemoryContextSwitchTo(old);
-	/* and the room to read as many answers at once */
-	redis_reserve_replies(redis_primary_server_as_is(), n);
 	capacity = n;
+	/* and the room to read as many answers at once, on every server */
+	if (!redis_reserve_everywhere(n, ticket_bytes))
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 }
 
 /*
@@ -101,13 +110,14 @@ release_ticket_make(const LockRef *ref, const char *acquisition, int ttl_ms)
 	names_lock_keys(ref, &keys);
 	script_command(&cmd, SCRIPT_RELEASE, &keys, 1, args);
 	t->command = script_format(&cmd, &t->command_len);
+	t->slot = cluster_key_slot(keys.lock, keys.lock_len);
 	names_lock_keys_free(&keys);
 	t->ttl_ms = ttl_ms;
 	MemoryContextSwitchTo(old);
 	ntickets++;
 	/* the commit that sends every live ticket's release at once finds room for them in the buffer */
 	ticket_bytes += t->command_len;
-	if (!redis_reserve_output(redis_primary_server_as_is(), ticket_bytes))
+	if (!redis_reserve_everywhere(capacity, ticket_bytes))
 	{
 		release_ticket_free(t);
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
@@ -234,39 +244,57 @@ judge(int i, const redisReply *r, int *owned)
 }
 
 /*
- * Read the answers owed on the connection to releases sent without waiting, and judge them. On a
- * failure (a cancel, a timeout, a broken connection) the releases are owed again, as maybe run.
- * Returns false with err set when the answers could not be read.
+ * Read the answers that server owes to releases sent without waiting, and judge them. grace_ms > 0:
+ * only if they all arrive within that long (never throws; otherwise they stay owed as they were).
+ * Else on a failure (a cancel, a timeout, a broken connection) the releases are owed again, as maybe
+ * run, and it returns false with err set.
  */
 static bool
-read_sent_answers(bool interruptible, RedisError *err)
+read_server_answers(RedisServer *server, int grace_ms, bool interruptible, RedisError *err)
 {
-	RedisServer *server = redis_primary_server_as_is();
 	int			nsent = 0;
 	int			j = 0;
 
 	for (int i = 0; i < nowed; i++)
 	{
-		owed_state[i].reading = owed_state[i].sent;
-		if (owed_state[i].sent)
+		owed_state[i].reading = owed_state[i].sent && owed_state[i].server == server;
+		nsent += owed_state[i].reading;
+	}
+	if (nsent == 0)
+		return true;
+	if (grace_ms > 0)
+	{
+		if (redis_unanswered(server) != nsent || !redis_unanswered_arrived(server, answers, grace_ms))
 		{
-			nsent++;
+			for (int i = 0; i < nowed; i++)
+				owed_state[i].reading = false;
+			return true;
+		}
+	}
+	for (int i = 0; i < nowed; i++)
+	{
+		if (owed_state[i].reading)
+		{
 			/* should the read throw (a cancel), they are owed again, maybe run */
 			owed_state[i].sent = false;
 			owed_state[i].ran_before = owed_state[i].maybe_ran;
 			owed_state[i].maybe_ran = true;
 		}
 	}
-	if (nsent == 0)
-		return true;
-	if (redis_unanswered(server) != nsent)
-		return true;			/* the connection closed meanwhile: run them again */
-	if (!redis_read_unanswered(server, answers, interruptible, err))
-		return false;
+	if (grace_ms <= 0)
+	{
+		if (redis_unanswered(server) != nsent)
+			return true;		/* the connection closed meanwhile: run them again */
+		if (!redis_read_unanswered(server, answers, interruptible, err))
+			return false;
+	}
 
 	/* the answers come in the order of the owed list, which keeps the order of sending */
 	for (int i = 0; i < nowed && j < nsent;)
 	{
+		RedisServer *to;
+		bool		ask;
+
 		if (!owed_state[i].reading)
 		{
 			i++;
@@ -275,6 +303,8 @@ read_sent_answers(bool interruptible, RedisError *err)
 		owed_state[i].reading = false;
 		owed_state[i].maybe_ran = owed_state[i].ran_before;
 		script_note_answer(server, SCRIPT_RELEASE, answers[j]);
+		/* MOVED: the map learns the slot's node now; the release runs again there (run_owed) */
+		(void) cluster_redirection(answers[j], server, &to, &ask);
 		if (judge(i, answers[j], NULL))
 			owed_remove(i);
 		else
@@ -283,6 +313,28 @@ read_sent_answers(bool interruptible, RedisError *err)
 	}
 	redis_free_replies(nsent, answers);
 	return true;
+}
+
+/* read_server_answers for every server that owes answers. */
+static bool
+read_sent_answers(bool interruptible, RedisError *err)
+{
+	bool		ok = true;
+
+	for (;;)
+	{
+		RedisServer *server = NULL;
+
+		for (int i = 0; i < nowed && server == NULL; i++)
+		{
+			if (owed_state[i].sent)
+				server = owed_state[i].server;
+		}
+		if (server == NULL)
+			return ok;
+		if (!read_server_answers(server, 0, interruptible, err))
+			ok = false;
+	}
 }
 
 /*
@@ -299,6 +351,17 @@ release_server(void)
 		redis_connection_intact(as_is, redis_connection_epoch(as_is)))
 		return as_is;
 	return redis_primary_server();
+}
+
+/* Where the release of t goes: in Cluster mode the node serving its slot (NULL: none known). */
+static RedisServer *
+ticket_server(const ReleaseTicket *t)
+{
+	RedisError	ignored;
+
+	if (!cluster_mode())
+		return release_server();
+	return cluster_server_for_slot(t->slot, false, &ignored);
 }
 
 /* Drop owed releases that Redis has let go of by itself. */
@@ -331,7 +394,6 @@ run_owed(int n, const int *idx, bool interruptible, int *owned, RedisError *err)
 	RedisScriptId *ids = palloc(n * sizeof(RedisScriptId));
 	redisReply **replies = palloc0(n * sizeof(redisReply *));
 	bool	   *settled = palloc(n * sizeof(bool));
-	RedisServer *server = release_server();
 	bool		ok;
 
 	for (int k = 0; k < n; k++)
@@ -350,7 +412,11 @@ run_owed(int n, const int *idx, bool interruptible, int *owned, RedisError *err)
 		owed_state[idx[k]].ran_before = owed_state[idx[k]].maybe_ran;
 		owed_state[idx[k]].maybe_ran = true;
 	}
-	ok = script_run(server, n, cmds, ids, replies, redislock_command_timeout_ms, interruptible, err);
+	if (cluster_mode())
+		ok = script_run_routed(n, cmds, ids, replies, redislock_command_timeout_ms, interruptible, err);
+	else
+		ok = script_run(release_server(), n, cmds, ids, replies, redislock_command_timeout_ms,
+						interruptible, err);
 	for (int k = 0; k < n; k++)
 	{
 		if (ok || !err->sent)
@@ -363,6 +429,8 @@ run_owed(int n, const int *idx, bool interruptible, int *owned, RedisError *err)
 			settled[k] = judge(idx[k], replies[k], owned ? &owned[k] : NULL);
 			if (owned && owned[k] < 0 && ok)
 			{
+				RedisServer *server = cluster_mode() ? script_answered_by(&cmds[k]) : release_server();
+
 				if (replies[k]->type == REDIS_REPLY_ERROR)
 					redis_error_from_reply(server, replies[k], err);
 				else
@@ -479,6 +547,97 @@ release_settle_reporting(bool interruptible, RedisError *err)
 }
 
 /*
+ * Send every owed release that is not on the wire without waiting: one write per server (each to the
+ * server of its lock: one in all outside Cluster mode), where that server has answered the release
+ * script on its connection (it knows it) and the connection is up and idle. The rest stay unsent.
+ */
+static void
+send_grouped_by_server(void)
+{
+	for (int first = 0; first < nowed; first++)
+	{
+		RedisServer *server;
+		RedisError	err;
+		int			n = 0;
+
+		if (owed_state[first].sent || (server = ticket_server(owed[first])) == NULL)
+			continue;
+		if (!script_known(server, SCRIPT_RELEASE))
+			continue;
+		for (int i = first; i < nowed; i++)
+		{
+			if (!owed_state[i].sent && (i == first || ticket_server(owed[i]) == server))
+			{
+				send_buf[n].buf = owed[i]->command;
+				send_buf[n++].len = owed[i]->command_len;
+			}
+		}
+		if (redis_send_unanswered(server, n, send_buf, &err))
+		{
+			for (int i = first; i < nowed; i++)
+			{
+				if (!owed_state[i].sent && (i == first || ticket_server(owed[i]) == server))
+				{
+					owed_state[i].sent = true;
+					owed_state[i].server = server;
+				}
+			}
+		}
+		else if (err.sent)
+		{
+			/* part of the write may have reached Redis */
+			for (int i = first; i < nowed; i++)
+			{
+				if (!owed_state[i].sent && (i == first || ticket_server(owed[i]) == server))
+					owed_state[i].maybe_ran = true;
+			}
+		}
+	}
+}
+
+/* How long COMMIT in Cluster mode gives the releases' answers to arrive (see the top of the file). */
+#define RELEASE_CLUSTER_GRACE_MS 20
+
+/*
+ * Cluster mode, after the releases were sent: read the answers that arrive within the grace, so that
+ * a release that met MOVED or ASK is sent again to the right node now (a waiter there gets the lock)
+ * rather than when this session next talks to Redis. Never throws.
+ */
+static void
+read_redirected_releases(void)
+{
+	RedisServer *servers[64];
+	int			nservers = 0;
+	RedisError	err;
+	int64		until = redislock_monotonic_ms() + Min(RELEASE_CLUSTER_GRACE_MS, redislock_command_timeout_ms);
+	int			unsent = 0;
+	int			unsent_before = 0;
+
+	for (int i = 0; i < nowed; i++)
+		unsent_before += !owed_state[i].sent;
+	for (int i = 0; i < nowed; i++)
+	{
+		bool		seen = false;
+
+		for (int k = 0; k < nservers && !seen; k++)
+			seen = servers[k] == owed_state[i].server;
+		if (owed_state[i].sent && !seen && nservers < lengthof(servers))
+			servers[nservers++] = owed_state[i].server;
+	}
+	for (int k = 0; k < nservers; k++)
+	{
+		int			left = (int) (until - redislock_monotonic_ms());
+
+		(void) read_server_answers(servers[k], Max(left, 1), false, &err);
+	}
+	/* those that did not run where they were sent (MOVED, ASK, NOSCRIPT) run again now */
+	for (int i = 0; i < nowed; i++)
+		unsent += !owed_state[i].sent;
+	if (unsent > unsent_before)
+		(void) run_unsent_quietly(&err);
+}
+
+/*
  * At the end of a transaction, subtransaction or backend: release what release_enqueue queued (and
  * undo the lock call in flight, if it may have reached Redis). Never throws; allocates nothing of
  * PostgreSQL's on its usual path (one write). wait: read Redis's answers now (backend exit); so does
@@ -488,9 +647,8 @@ release_settle_reporting(bool interruptible, RedisError *err)
 void
 release_at_xact_end(bool wait)
 {
-	RedisServer *server;
 	RedisError	err;
-	int			n = 0;
+	int			unsent = 0;
 	bool		any_held = false;
 
 	if (call_ticket != NULL)
@@ -514,33 +672,17 @@ release_at_xact_end(bool wait)
 		/* they are owed again; sent below with the rest */
 	}
 	drop_forgotten();
-	server = release_server();
 	for (int i = 0; i < nowed; i++)
-	{
 		any_held |= owed[i]->held;
-		if (!owed_state[i].sent)
-		{
-			send_buf[n].buf = owed[i]->command;
-			send_buf[n++].len = owed[i]->command_len;
-		}
-	}
-	if (n == 0)
-		return;
-	if (!wait && !redislock_synchronous_release && script_known(server, SCRIPT_RELEASE))
-	{
-		if (redis_send_unanswered(server, n, send_buf, &err))
-		{
-			for (int i = 0; i < nowed; i++)
-				owed_state[i].sent = true;
-			return;
-		}
-		/* part of the write may have reached Redis */
-		for (int i = 0; i < nowed && err.sent; i++)
-			owed_state[i].maybe_ran = true;
-	}
-	/* a round trip, on a new connection if need be */
-	if (!run_unsent_quietly(&err) && any_held)
+	if (!wait && !redislock_synchronous_release)
+		send_grouped_by_server();
+	/* the rest in a round trip (per server), on a new connection if need be */
+	for (int i = 0; i < nowed; i++)
+		unsent += !owed_state[i].sent;
+	if (unsent > 0 && !run_unsent_quietly(&err) && any_held)
 		redis_warn(&err, "Their release is run again before this session's next Redis command; their leases free them otherwise.");
+	if (cluster_mode() && !wait && !redislock_synchronous_release)
+		read_redirected_releases();
 }
 
 /*

@@ -19,13 +19,12 @@
 
 #define SENTINELS_MAX 16
 
-typedef struct SentinelAddress
+static int
+parse_list(const char *list, RedisAddress *out, char *problem, size_t len)
 {
-	char		host[256];
-	int			port;
-} SentinelAddress;
-
-static int	parse_list(const char *list, SentinelAddress *out, char *problem, size_t len);
+	return redislock_parse_addresses("redislock.sentinels", "Sentinels", list, out, SENTINELS_MAX,
+									 problem, len);
+}
 
 /* The index of the Sentinel that answered last, asked first next time. */
 static int	first_to_ask = 0;
@@ -39,7 +38,7 @@ static int	last_answered = -1;
 bool
 sentinel_answer_was_wrong(int tried)
 {
-	SentinelAddress addrs[SENTINELS_MAX];
+	RedisAddress addrs[SENTINELS_MAX];
 	char		problem[256];
 	int			n = parse_list(redislock_sentinels, addrs, problem, sizeof(problem));
 
@@ -49,89 +48,11 @@ sentinel_answer_was_wrong(int tried)
 	return tried < n;
 }
 
-/*
- * Parse "host:port, host:port, [v6 address]:port" into out[] (at most SENTINELS_MAX). Returns the count,
- * or -1 with problem saying what is wrong.
- */
-static int
-parse_list(const char *list, SentinelAddress *out, char *problem, size_t len)
-{
-	int			n = 0;
-	const char *p = list;
-
-	while (*p != '\0')
-	{
-		const char *start,
-				   *end,
-				   *colon;
-		char		item[300];
-		size_t		item_len;
-		char	   *port_end;
-		long		port;
-
-		while (*p == ' ' || *p == '\t' || *p == ',')
-			p++;
-		if (*p == '\0')
-			break;
-		start = p;
-		while (*p != '\0' && *p != ',')
-			p++;
-		end = p;
-		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-			end--;
-		item_len = end - start;
-		if (item_len >= sizeof(item))
-		{
-			snprintf(problem, len, "an entry of redislock.sentinels is too long.");
-			return -1;
-		}
-		memcpy(item, start, item_len);
-		item[item_len] = '\0';
-		colon = strrchr(item, ':');
-		if (colon == NULL || colon == item || colon[1] == '\0')
-		{
-			snprintf(problem, len, "\"%s\" is not host:port.", item);
-			return -1;
-		}
-		errno = 0;
-		port = strtol(colon + 1, &port_end, 10);
-		if (errno != 0 || *port_end != '\0' || port < 1 || port > 65535)
-		{
-			snprintf(problem, len, "\"%s\" has no valid port.", item);
-			return -1;
-		}
-		if (n == SENTINELS_MAX)
-		{
-			snprintf(problem, len, "redislock.sentinels names more than %d Sentinels.", SENTINELS_MAX);
-			return -1;
-		}
-		item[colon - item] = '\0';
-		/* an IPv6 address is written in brackets */
-		if (item[0] == '[' && item[strlen(item) - 1] == ']')
-		{
-			item[strlen(item) - 1] = '\0';
-			snprintf(out[n].host, sizeof(out[n].host), "%s", item + 1);
-		}
-		else
-			snprintf(out[n].host, sizeof(out[n].host), "%s", item);
-		if (out[n].host[0] == '\0' || strchr(out[n].host, '[') || strchr(out[n].host, ']') ||
-			(strchr(out[n].host, ':') != NULL && item[0] != '['))
-		{
-			snprintf(problem, len, "\"%s\" is not host:port (write an IPv6 address in brackets).",
-					 start);
-			return -1;
-		}
-		out[n].port = (int) port;
-		n++;
-	}
-	return n;
-}
-
 /* For the setting's check hook: whether list is a valid redislock.sentinels. */
 bool
 sentinel_check_list(const char *list, char *problem, size_t len)
 {
-	SentinelAddress addrs[SENTINELS_MAX];
+	RedisAddress addrs[SENTINELS_MAX];
 
 	return parse_list(list, addrs, problem, len) >= 0;
 }
@@ -196,7 +117,7 @@ parse_answer(const redisReply *reply, char *host, size_t hostlen, int *port)
 bool
 sentinel_locate_master(char *host, size_t hostlen, int *port, bool interruptible, RedisError *err)
 {
-	SentinelAddress addrs[SENTINELS_MAX];
+	RedisAddress addrs[SENTINELS_MAX];
 	char		problem[256];
 	char		tried[sizeof(err->detail) - 16] = "";
 	int			n = parse_list(redislock_sentinels, addrs, problem, sizeof(problem));

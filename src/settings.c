@@ -9,6 +9,7 @@
  */
 #include "redislock.h"
 
+#include <errno.h>
 #include <limits.h>
 
 #include "miscadmin.h"
@@ -31,6 +32,7 @@ char	   *redislock_sslrootcert = NULL;
 char	   *redislock_sslcert = NULL;
 char	   *redislock_sslkey = NULL;
 char	   *redislock_sentinels = NULL;
+char	   *redislock_cluster_nodes = NULL;
 char	   *redislock_sentinel_master = NULL;
 char	   *redislock_sentinel_username = NULL;
 char	   *redislock_sentinel_password = NULL;
@@ -61,12 +63,104 @@ mark_connection_int_changed(int newval, void *extra)
 	redislock_connection_settings_changed = true;
 }
 
+/*
+ * Parse a list setting (name) of "host:port, host:port, [v6 address]:port" into out[] (at most max of
+ * what, e.g. "Sentinels"). Returns the count, or -1 with problem saying what is wrong.
+ */
+int
+redislock_parse_addresses(const char *name, const char *what, const char *list, RedisAddress *out,
+						  int max, char *problem, size_t len)
+{
+	int			n = 0;
+	const char *p = list;
+
+	while (*p != '\0')
+	{
+		const char *start,
+				   *end,
+				   *colon;
+		char		item[300];
+		size_t		item_len;
+		char	   *port_end;
+		long		port;
+
+		while (*p == ' ' || *p == '\t' || *p == ',')
+			p++;
+		if (*p == '\0')
+			break;
+		start = p;
+		while (*p != '\0' && *p != ',')
+			p++;
+		end = p;
+		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+			end--;
+		item_len = end - start;
+		if (item_len >= sizeof(item))
+		{
+			snprintf(problem, len, "an entry of %s is too long.", name);
+			return -1;
+		}
+		memcpy(item, start, item_len);
+		item[item_len] = '\0';
+		colon = strrchr(item, ':');
+		if (colon == NULL || colon == item || colon[1] == '\0')
+		{
+			snprintf(problem, len, "\"%s\" is not host:port.", item);
+			return -1;
+		}
+		errno = 0;
+		port = strtol(colon + 1, &port_end, 10);
+		if (errno != 0 || *port_end != '\0' || port < 1 || port > 65535)
+		{
+			snprintf(problem, len, "\"%s\" has no valid port.", item);
+			return -1;
+		}
+		if (n == max)
+		{
+			snprintf(problem, len, "%s names more than %d %s.", name, max, what);
+			return -1;
+		}
+		item[colon - item] = '\0';
+		/* an IPv6 address is written in brackets */
+		if (item[0] == '[' && item[strlen(item) - 1] == ']')
+		{
+			item[strlen(item) - 1] = '\0';
+			snprintf(out[n].host, sizeof(out[n].host), "%s", item + 1);
+		}
+		else
+			snprintf(out[n].host, sizeof(out[n].host), "%s", item);
+		if (out[n].host[0] == '\0' || strchr(out[n].host, '[') || strchr(out[n].host, ']') ||
+			(strchr(out[n].host, ':') != NULL && item[0] != '['))
+		{
+			snprintf(problem, len, "\"%s\" is not host:port (write an IPv6 address in brackets).",
+					 start);
+			return -1;
+		}
+		out[n].port = (int) port;
+		n++;
+	}
+	return n;
+}
+
 static bool
 check_sentinels(char **newval, void **extra, GucSource source)
 {
 	char		problem[256];
 
 	if (*newval != NULL && !sentinel_check_list(*newval, problem, sizeof(problem)))
+	{
+		GUC_check_errdetail("%s", problem);
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_cluster_nodes(char **newval, void **extra, GucSource source)
+{
+	char		problem[256];
+
+	if (*newval != NULL && !cluster_check_list(*newval, problem, sizeof(problem)))
 	{
 		GUC_check_errdetail("%s", problem);
 		return false;
@@ -247,6 +341,15 @@ redislock_define_settings(void)
 							   "",
 							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   NULL, mark_connection_settings_changed, NULL);
+
+	/* Redis Cluster: the seeds that the slot map is first asked of */
+	DefineCustomStringVariable("redislock.cluster_nodes",
+							   "Comma-separated host:port of Redis Cluster nodes to learn the cluster from; non-empty, locks are routed by slot and redislock.host and redislock.port are not used.",
+							   NULL,
+							   &redislock_cluster_nodes,
+							   "",
+							   PGC_SUSET, 0,
+							   check_cluster_nodes, mark_connection_settings_changed, NULL);
 
 	/* replica acknowledgement of acquisitions and renewals */
 	DefineCustomIntVariable("redislock.wait_replicas",

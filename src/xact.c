@@ -175,7 +175,6 @@ verify_before_commit(void)
 	int64	   *tokens;
 	int		   *kept;
 	int		   *keeps;
-	uint64		epoch = 0;
 	bool		intact = false;
 	int			nlost = 0;
 	bool		in_xact = false;
@@ -232,15 +231,18 @@ verify_before_commit(void)
 	 * verify_at_commit asks. Session locks are the keeper's to vouch for: only one whose lease has
 	 * run out unrenewed (no keeper renewed it) is checked, and it is lost (55000) if unproven.
 	 */
-	epoch = redis_connection_epoch(redis_primary_server_as_is());
-	intact = redis_connection_intact(redis_primary_server_as_is(), epoch);
 	for (int i = 0; i < n; i++)
 	{
 		HeldLock   *lock = locks[i];
 		bool		expiring = now >= lock->lease_start_ms + lock->ttl_ms - commit_margin_ms(lock);
+		RedisServer *server = lock_table_server_now(lock);
+
+		/* still on the connection it was taken on (no round trip); a lock whose slot moved is checked */
+		intact = server != NULL && server == lock->server &&
+			redis_connection_intact(server, lock->connection_epoch);
 
 		if (lock->nholds == 0 ? expiring :
-			(redislock_verify_at_commit || expiring || !intact || lock->connection_epoch != epoch))
+			(redislock_verify_at_commit || expiring || !intact))
 			locks[nchecked++] = lock;
 	}
 	if (nchecked == 0)
@@ -299,7 +301,7 @@ verify_before_commit(void)
 	for (int i = 0; i < nchecked; i++)
 	{
 		locks[i]->lease_start_ms = now;
-		locks[i]->connection_epoch = redis_connection_epoch(redis_primary_server());
+		lock_table_note_connection(locks[i]);
 	}
 	pfree(kept);
 	pfree(keeps);
@@ -383,7 +385,7 @@ static void
 at_backend_exit(int code, Datum arg)
 {
 	xact_release_ending(false, true, true);
-	redis_disconnect(redis_primary_server_as_is());
+	redis_disconnect_all();
 }
 
 void
