@@ -5,7 +5,8 @@
 #     (b) pg_advisory_xact_lock, (c) redis_wait_lock, uncontended (a key per client) and contended
 #     (one key), at 1, 8 and 64 clients, and the ratio (c)/(b) of the same run; at 8 clients also
 #     (c) over TLS (redislock.sslmode = verify-full) and with redislock.wait_replicas = 1 (one replica),
-#     and shared locks on one key (many readers) against pg_advisory_xact_lock_shared;
+#     and shared locks on one key (many readers) against pg_advisory_xact_lock_shared, and against a
+#     Redis Cluster of three masters (redislock.cluster_nodes, one seed);
 #   - Redis commands sent per uncontended cycle and per contended handoff (INFO commandstats, client
 #     commands only);
 #   - wake-ups per release with 50 waiters, and CPU used by waiting backends;
@@ -43,13 +44,38 @@ start_replica() {
     sleep 0.1
   done
 }
+# a Redis Cluster of three masters (no replicas), for the Cluster rows: they run last
+start_cluster() {
+  local p nodes=()
+  CLUSTER_PORTS=()
+  for _ in 1 2 3; do
+    p=$(rl_free_port)
+    mkdir -p "$RL_TMP/cluster-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+      --cluster-enabled yes --cluster-config-file "$RL_TMP/cluster-$p/nodes.conf" --dir "$RL_TMP/cluster-$p" \
+      --pidfile "$RL_TMP/cluster-$p/redis.pid" --logfile "$RL_TMP/cluster-$p/redis.log" >/dev/null
+    CLUSTER_PORTS+=("$p")
+    nodes+=("127.0.0.1:$p")
+  done
+  trap 'kill "$(cat "$RL_TMP/replica/redis.pid")" $(cat "$RL_TMP"/cluster-*/redis.pid) 2>/dev/null; rl_cleanup' EXIT
+  for p in "${CLUSTER_PORTS[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$p" PING >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for p in "${CLUSTER_PORTS[@]}"; do
+    for _ in $(seq 1 100); do redis-cli -p "$p" CLUSTER INFO | grep -q 'cluster_state:ok' && break; sleep 0.1; done
+  done
+  variant_options[cluster]="-c redislock.cluster_nodes=127.0.0.1:${CLUSTER_PORTS[0]}"
+  STAT_PORTS=("${CLUSTER_PORTS[@]}")
+}
+STAT_PORTS=("$REDIS_PORT")
 declare -A variant_options=(
   [tls]="-c redislock.sslmode=verify-full -c redislock.sslrootcert=$TLS_CERT -c redislock.port=$TLS_PORT"
   [replica]="-c redislock.wait_replicas=1"
 )
 client_commands() {   # EVALSHA + EVAL + BLPOP + WAIT calls, and the microseconds Redis spent on them, since
-                      # the last CONFIG RESETSTAT
-  redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+                      # the last CONFIG RESETSTAT (every node of the Cluster, for its rows)
+  for p in "${STAT_PORTS[@]}"; do redis-cli -p "$p" INFO commandstats; done | tr -d '\r' |
     awk -F'[:=,]' '/^cmdstat_(evalsha|eval|blpop|wait):/ {n += $3; us += $5} END {print n + 0, us + 0}'
 }
 
@@ -59,7 +85,7 @@ run_pgbench() {   # name clients sql round [PGOPTIONS]
   local name=$1 clients=$2 sql=$3 round=$4 options=${5:-} done_tx
   printf '%s\n' "$sql" > "$work/$name.sql"
   mkdir -p "$work/log-$name"
-  redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
+  for p in "${STAT_PORTS[@]}"; do redis-cli -p "$p" CONFIG RESETSTAT >/dev/null; done
   # one pgbench thread per client: a thread serving several clients stamps their latencies with one
   # cached clock reading, which makes short transactions read as 0 ms
   (cd "$work/log-$name" && PGOPTIONS="$options" "$pgbench" -n -M prepared -c "$clients" -j "$clients" -T "$secs" \
@@ -100,6 +126,15 @@ for round in $(seq 1 "$rounds"); do
       "$round" "${variant_options[replica]}"
   done
 done
+start_cluster
+for round in $(seq 1 "$rounds"); do
+  for mode in uncontended contended; do
+    if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
+    run_pgbench "redis-$mode-8-cluster" 8 "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
+      "$round" "${variant_options[cluster]}"
+  done
+done
+STAT_PORTS=("$REDIS_PORT")
 for name in "${!tps_runs[@]}"; do
   tps[$name]=$(echo "${tps_runs[$name]}" | median)
   cmds[$name]=$(awk -v c="${commands[$name]}" -v n="${txs[$name]}" 'BEGIN {printf "%.2f", n ? c / n : 0}')
@@ -184,10 +219,14 @@ round_ratios() {   # the (c)/(b) ratio of each round, for one case
     a=none-$c b=advisory-shared-$c r=redis-shared-$c
     echo "| $c | shared, one key | ${tps[$a]} | ${tps[$b]} | ${tps[$r]} | $(ratio "${tps[$r]}" "${tps[$b]}") | ${p50[$b]} / ${p99[$b]} | ${p50[$r]} / ${p99[$r]} | ${cmds[$r]} |"
   done
-  for variant in tls replica; do
+  for variant in tls replica cluster; do
     for mode in uncontended contended; do
       a=none-8 b=advisory-$mode-8 r=redis-$mode-8-$variant
-      label=$([ $variant = tls ] && echo 'TLS (verify-full)' || echo 'wait_replicas = 1')
+      case $variant in
+        tls) label='TLS (verify-full)' ;;
+        replica) label='wait_replicas = 1' ;;
+        cluster) label='Redis Cluster, 3 masters' ;;
+      esac
       echo "| 8 | $mode, $label | ${tps[$a]} | ${tps[$b]} | ${tps[$r]} | $(ratio "${tps[$r]}" "${tps[$b]}") | ${p50[$b]} / ${p99[$b]} | ${p50[$r]} / ${p99[$r]} | ${cmds[$r]} |"
     done
   done

@@ -1327,15 +1327,15 @@ redis_read_unanswered_within(RedisServer *server, redisReply **replies, int time
  * The Redis ACL rule that lets a user do all that redislock does under the current key prefix: its
  * keys (every one starts with "{<prefix>"), the commands it sends, and those its scripts call. INFO is
  * only for the eviction-policy check at connect, SELECT only for redislock.database, ROLE only for
- * Sentinel mode, WAIT only for redislock.wait_replicas.
+ * Sentinel mode, WAIT only for redislock.wait_replicas, ASKING and CLUSTER SLOTS only for Redis Cluster.
  */
 const char *
 redis_acl_rule(void)
 {
-	static char rule[REDISLOCK_PREFIX_MAX + 256];
+	static char rule[REDISLOCK_PREFIX_MAX + 512];
 
 	snprintf(rule, sizeof(rule),
-			 "~{%s* -@all +evalsha +eval +blpop +info +select +role +wait +time +hget +hgetall +hmget +hset +hsetnx +hdel +del +exists +set +pexpire +pttl +rpush +zadd +zrange +zrangebyscore +zrem +zcard +zscore",
+			 "~{%s* -@all +evalsha +eval +blpop +info +select +role +wait +asking +cluster|slots +time +hget +hgetall +hmget +hset +hsetnx +hdel +del +exists +set +pexpire +pttl +rpush +zadd +zrange +zrangebyscore +zrem +zcard +zscore",
 			 redislock_key_prefix);
 	return rule;
 }
