@@ -211,11 +211,16 @@ connect_for_lock(const LockRef *ref, RedisError *err)
 	cluster_server_failed();
 	if (server != NULL)
 	{
-		RedisServer *again = cluster_server_for_lock(ref, true, err);
+		/* (asking for the map must not overwrite why the first node failed) */
+		RedisError	again_err;
+		RedisServer *again = cluster_server_for_lock(ref, true, &again_err);
 
-		if (again != NULL && again != server && redis_ensure_connected(again, true, err))
-			return again;
-		cluster_server_failed();
+		if (again != NULL && again != server)
+		{
+			if (redis_ensure_connected(again, true, err))
+				return again;
+			cluster_server_failed();
+		}
 	}
 	return NULL;
 }

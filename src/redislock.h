@@ -29,7 +29,10 @@
  * names → redis_conn → transport; sql_api and xact also call lock_table (→ registry, release) and
  * release directly; keeper → registry, lock_ops; lock_ops → replicas. One exception: redis_conn asks
  * sentinel where the master is when it connects, and sentinel asks the Sentinels through redis_conn's
- * connections of the other kind (SERVER_SENTINEL), which never ask sentinel again.
+ * connections of the other kind (SERVER_SENTINEL), which never ask sentinel again. Likewise cluster
+ * asks redis_conn's node connections for the slot map (CLUSTER SLOTS, a plain round trip), and
+ * redis_conn only tells cluster to forget its map when the settings change; scripts and the callers
+ * of script_run_routed ask cluster which node serves a slot.
  */
 #ifndef REDISLOCK_H
 #define REDISLOCK_H

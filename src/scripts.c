@@ -103,13 +103,15 @@ script_reply_is_noscript(const redisReply *reply)
 
 /*
  * Whether an error reply says the script did not run at all, for a reason that passes: Redis did not
- * know it, was loading its data, busy running another script, a replica, or its cluster was down.
+ * know it, was loading its data, busy running another script, a replica, or its cluster was down;
+ * Redis Cluster sent it elsewhere (MOVED, ASK); a blocked BLPOP was ended by a master turning replica
+ * (UNBLOCKED).
  */
 bool
 script_reply_not_run(const redisReply *reply)
 {
 	static const char *const passing[] = {"NOSCRIPT", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN",
-	"CLUSTERDOWN", "READONLY", "MOVED ", "ASK "};
+	"CLUSTERDOWN", "READONLY", "MOVED ", "ASK ", "UNBLOCKED"};
 
 	if (reply->type != REDIS_REPLY_ERROR || reply->str == NULL)
 		return false;
