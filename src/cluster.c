@@ -28,6 +28,7 @@ static int16 slot_node[CLUSTER_SLOTS];	/* index into nodes[], -1 when no node se
 static bool map_known = false;
 static bool refresh_wanted = false; /* a MOVED or a node down: ask for the whole map again */
 static int	last_answered = -1;		/* the node whose CLUSTER SLOTS was last used */
+static uint64 map_generation = 0;	/* changes whenever a slot changes node */
 
 bool
 cluster_mode(void)
@@ -149,13 +150,12 @@ element_text(const redisReply *r, char *buf, size_t len)
 static bool
 read_slot_map(RedisServer *asked, const redisReply *reply)
 {
-	int16	   *fresh = palloc(CLUSTER_SLOTS * sizeof(int16));
+	int16	   *fresh;
+	int			served = 0;
 
 	if (reply->type != REDIS_REPLY_ARRAY)
-	{
-		pfree(fresh);
 		return false;
-	}
+	fresh = palloc(CLUSTER_SLOTS * sizeof(int16));
 	for (int s = 0; s < CLUSTER_SLOTS; s++)
 		fresh[s] = -1;
 	for (size_t i = 0; i < reply->elements; i++)
@@ -180,8 +180,19 @@ read_slot_map(RedisServer *asked, const redisReply *reply)
 			continue;
 		for (long long s = Max(range->element[0]->integer, 0);
 			 s <= Min(range->element[1]->integer, CLUSTER_SLOTS - 1); s++)
+		{
+			served += fresh[s] < 0;
 			fresh[s] = (int16) node;
+		}
 	}
+	/* a node that knows no slot (reset, or not part of the cluster yet) is no source: ask another */
+	if (served == 0)
+	{
+		pfree(fresh);
+		return false;
+	}
+	if (memcmp(slot_node, fresh, sizeof(slot_node)) != 0)
+		map_generation++;
 	memcpy(slot_node, fresh, sizeof(slot_node));
 	pfree(fresh);
 	map_known = true;
@@ -205,7 +216,8 @@ ask_for_map(RedisServer *server, bool interruptible, RedisError *err)
 		ok = false;
 	}
 	else if (!(ok = read_slot_map(server, reply)))
-		redis_error_malformed(server, "CLUSTER SLOTS answered with an unexpected shape", err);
+		redis_error_set(err, ERRCODE_CANNOT_CONNECT_NOW, NULL,
+						"Redis at %s named no slot served in the Redis Cluster", redis_server_name(server));
 	freeReplyObject(reply);
 	return ok;
 }
@@ -241,6 +253,7 @@ refresh_map(bool interruptible, RedisError *err)
 		order[n++] = last_answered;
 		seen[last_answered] = true;
 	}
+	last_answered = -1;			/* set again by the one that answers */
 	for (int i = 0; i < nnodes; i++)
 	{
 		if (!seen[i] && redis_server_usable(nodes[i]))
@@ -296,6 +309,8 @@ cluster_server_for_slot(int slot, bool interruptible, RedisError *err)
 {
 	if (!cluster_mode())
 		return redis_primary_server();
+	if (slot < 0 || slot >= CLUSTER_SLOTS)
+		slot = 0;				/* a command without a key (none is routed): any node will do */
 	redis_apply_settings();
 	if ((!map_known || (refresh_wanted && interruptible)) && !refresh_map(interruptible, err) && !map_known)
 		return NULL;
@@ -308,6 +323,18 @@ cluster_server_for_slot(int slot, bool interruptible, RedisError *err)
 		err->unreachable = true;
 		return NULL;
 	}
+	return nodes[slot_node[slot]];
+}
+
+/*
+ * The node that serves slot as the map says now, with no round trip, no change of settings applied
+ * and nothing allocated: for commit and abort callbacks. NULL when the map names none.
+ */
+RedisServer *
+cluster_server_for_slot_as_is(int slot)
+{
+	if (!map_known || slot < 0 || slot >= CLUSTER_SLOTS || slot_node[slot] < 0)
+		return NULL;
 	return nodes[slot_node[slot]];
 }
 
@@ -341,7 +368,7 @@ cluster_redirection(const redisReply *reply, RedisServer *from, RedisServer **to
 	long		port;
 	int			node;
 
-	if (reply == NULL || reply->type != REDIS_REPLY_ERROR || reply->len >= sizeof(text))
+	if (!cluster_mode() || reply == NULL || reply->type != REDIS_REPLY_ERROR || reply->len >= sizeof(text))
 		return false;
 	memcpy(text, reply->str, reply->len);
 	text[reply->len] = '\0';
@@ -365,10 +392,22 @@ cluster_redirection(const redisReply *reply, RedisServer *from, RedisServer **to
 	*to = nodes[node];
 	if (!*ask)
 	{
+		if (slot_node[slot] != node)
+			map_generation++;
 		slot_node[slot] = (int16) node;
 		refresh_wanted = true;
 	}
 	return true;
+}
+
+/*
+ * A number that changes whenever this backend learns that a slot changed node (a resharding or a
+ * failover): a lock taken before may have moved, or been lost with its master.
+ */
+uint64
+cluster_map_generation(void)
+{
+	return map_generation;
 }
 
 /* A node could not be reached or its connection broke: its slots may have a new master. */

@@ -144,12 +144,9 @@ lock_table_add(const char *key, LockRequest req, int64 token, int ttl_ms, int64 
 RedisServer *
 lock_table_server_now(const HeldLock *lock)
 {
-	LockRef		ref = lock_table_ref(lock);
-	RedisError	ignored;
-
 	if (!cluster_mode())
 		return redis_primary_server_as_is();
-	return cluster_server_for_lock(&ref, false, &ignored);
+	return cluster_server_for_slot_as_is(lock->ticket->slot);
 }
 
 /* The lock is in Redis on its server's current connection (just taken, or just verified). */
@@ -158,6 +155,7 @@ lock_table_note_connection(HeldLock *lock)
 {
 	lock->server = lock_table_server_now(lock);
 	lock->connection_epoch = lock->server ? redis_connection_epoch(lock->server) : 0;
+	lock->map_generation = cluster_map_generation();
 }
 
 /*

@@ -66,6 +66,8 @@ names_lock_keys(const LockRef *ref, LockKeys *keys)
 	keys->queue_len = keys->lock_len + 2;
 	keys->waiters = psprintf("%s:w", keys->lock);
 	keys->waiters_len = keys->lock_len + 2;
+	keys->shared = psprintf("%s:s", keys->lock);
+	keys->shared_len = keys->lock_len + 2;
 }
 
 void
@@ -74,6 +76,7 @@ names_lock_keys_free(LockKeys *keys)
 	pfree(keys->lock);
 	pfree(keys->queue);
 	pfree(keys->waiters);
+	pfree(keys->shared);
 }
 
 /* The list on which a waiting acquisition receives its grant, palloc'd. */

@@ -1396,6 +1396,10 @@ redis_error_from_reply(RedisServer *server, const redisReply *reply, RedisError 
 				  "Point redislock.host and redislock.port at the master.",
 				  "Redis at %s is a read-only replica", server->name);
 	}
+	else if ((REPLY_STARTS("MOVED ") || REPLY_STARTS("ASK ")) && !cluster_mode())
+		set_error(err, ERRCODE_CONNECTION_EXCEPTION,
+				  "That server is a Redis Cluster node: list nodes of the cluster in redislock.cluster_nodes.",
+				  "Redis at %s returned an error", server->name);
 	else if (REPLY_STARTS("MOVED ") || REPLY_STARTS("ASK "))
 		set_error(err, ERRCODE_CONNECTION_EXCEPTION,
 				  "The Redis Cluster's slots may be moving, or its nodes disagree about them: retry in a moment.",

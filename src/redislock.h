@@ -235,7 +235,7 @@ extern void transport_close(Transport *t);
 extern void transport_settings_changed(void);
 
 /* redis_conn.c */
-#define REDIS_MAX_ARGS 12
+#define REDIS_MAX_ARGS 13
 
 /* One command as binary-safe arguments; the strings belong to the caller. */
 typedef struct RedisCommand
@@ -326,9 +326,11 @@ extern void cluster_forget(void);
 extern int	cluster_key_slot(const char *key, size_t len);
 extern int	cluster_command_slot(const RedisCommand *cmd);
 extern RedisServer *cluster_server_for_slot(int slot, bool interruptible, RedisError *err);
+extern RedisServer *cluster_server_for_slot_as_is(int slot);
 extern RedisServer *cluster_server_for_lock(const LockRef *ref, bool interruptible, RedisError *err);
 extern bool cluster_redirection(const redisReply *reply, RedisServer *from, RedisServer **to, bool *ask);
 extern void cluster_server_failed(void);
+extern uint64 cluster_map_generation(void);
 
 /* names.c */
 
@@ -341,6 +343,8 @@ typedef struct LockKeys
 	size_t		queue_len;
 	char	   *waiters;		/* {P K}:w: waiter heartbeats */
 	size_t		waiters_len;
+	char	   *shared;			/* {P K}:s: shared holders, semaphore permits */
+	size_t		shared_len;
 } LockKeys;
 
 extern const char *names_backend_id(void);
@@ -452,6 +456,7 @@ typedef struct HeldLock
 	int64		lease_start_ms; /* monotonic; no later than the lease began in Redis */
 	RedisServer *server;		/* the server it was taken on (a Cluster node: its slot's master) */
 	uint64		connection_epoch;	/* the connection to it that it was taken on */
+	uint64		map_generation; /* Redis Cluster: the slot map it was taken under */
 	int			session_holds;	/* holds that outlive transactions (redis_session_lock) */
 	int			nholds;			/* re-entrant transaction holds */
 	int			holds_cap;

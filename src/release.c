@@ -43,6 +43,7 @@ typedef struct OwedState
 {
 	bool		sent;			/* written on server's current connection, answer not read yet */
 	RedisServer *server;		/* where it was sent */
+	RedisServer *route;			/* where it is about to be sent */
 	bool		maybe_ran;		/* it may have run already: a 0 answer proves nothing */
 	bool		warn_if_lost;	/* released after a commit, while held */
 	bool		reading;		/* its answer is being read now */
@@ -353,15 +354,16 @@ release_server(void)
 	return redis_primary_server();
 }
 
-/* Where the release of t goes: in Cluster mode the node serving its slot (NULL: none known). */
+/*
+ * Where the release of t goes: in Cluster mode the node serving its slot as the map says now (no round
+ * trip, nothing allocated; NULL: none known); else the one server, as release_server says.
+ */
 static RedisServer *
 ticket_server(const ReleaseTicket *t)
 {
-	RedisError	ignored;
-
 	if (!cluster_mode())
 		return release_server();
-	return cluster_server_for_slot(t->slot, false, &ignored);
+	return cluster_server_for_slot_as_is(t->slot);
 }
 
 /* Drop owed releases that Redis has let go of by itself. */
@@ -554,19 +556,19 @@ release_settle_reporting(bool interruptible, RedisError *err)
 static void
 send_grouped_by_server(void)
 {
+	for (int i = 0; i < nowed; i++)
+		owed_state[i].route = owed_state[i].sent ? NULL : ticket_server(owed[i]);
 	for (int first = 0; first < nowed; first++)
 	{
-		RedisServer *server;
+		RedisServer *server = owed_state[first].route;
 		RedisError	err;
 		int			n = 0;
 
-		if (owed_state[first].sent || (server = ticket_server(owed[first])) == NULL)
-			continue;
-		if (!script_known(server, SCRIPT_RELEASE))
+		if (owed_state[first].sent || server == NULL || !script_known(server, SCRIPT_RELEASE))
 			continue;
 		for (int i = first; i < nowed; i++)
 		{
-			if (!owed_state[i].sent && (i == first || ticket_server(owed[i]) == server))
+			if (!owed_state[i].sent && owed_state[i].route == server)
 			{
 				send_buf[n].buf = owed[i]->command;
 				send_buf[n++].len = owed[i]->command_len;
@@ -576,7 +578,7 @@ send_grouped_by_server(void)
 		{
 			for (int i = first; i < nowed; i++)
 			{
-				if (!owed_state[i].sent && (i == first || ticket_server(owed[i]) == server))
+				if (!owed_state[i].sent && owed_state[i].route == server)
 				{
 					owed_state[i].sent = true;
 					owed_state[i].server = server;
@@ -588,8 +590,11 @@ send_grouped_by_server(void)
 			/* part of the write may have reached Redis */
 			for (int i = first; i < nowed; i++)
 			{
-				if (!owed_state[i].sent && (i == first || ticket_server(owed[i]) == server))
+				if (!owed_state[i].sent && owed_state[i].route == server)
+				{
 					owed_state[i].maybe_ran = true;
+					owed_state[i].route = NULL;
+				}
 			}
 		}
 	}

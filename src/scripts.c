@@ -39,12 +39,16 @@ static const ScriptDef scripts[] = {
 	[SCRIPT_HOLDERS] = {SCRIPT_HOLDERS_SHA1, SCRIPT_HOLDERS_TEXT, sizeof(SCRIPT_HOLDERS_TEXT) - 1},
 };
 
-/* EVALSHA <sha1> 3 <lock> <queue> <waiters> <args...> */
+/*
+ * EVALSHA <sha1> 3 <lock> <queue> <waiters> <args...>; in Redis Cluster mode with a fourth key, the
+ * shared holders (see src/lua/common.lua), so that Redis sees every key of a lock's state. Outside it
+ * the scripts derive that key, and the common command stays short.
+ */
 void
 script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
 					 int nargs, const char *const *args)
 {
-	Assert(nargs + 6 <= REDIS_MAX_ARGS);
+	Assert(nargs + 7 <= REDIS_MAX_ARGS);
 	cmd->argv[0] = "EVALSHA";
 	cmd->argvlen[0] = 7;
 	cmd->argv[1] = scripts[id].sha1;
@@ -58,6 +62,12 @@ script_command(RedisCommand *cmd, RedisScriptId id, const LockKeys *keys,
 	cmd->argv[5] = keys->waiters;
 	cmd->argvlen[5] = keys->waiters_len;
 	cmd->argc = 6;
+	if (cluster_mode())
+	{
+		cmd->argv[2] = "4";
+		cmd->argv[cmd->argc] = keys->shared;
+		cmd->argvlen[cmd->argc++] = keys->shared_len;
+	}
 	for (int i = 0; i < nargs; i++)
 	{
 		cmd->argv[cmd->argc] = args[i];
@@ -102,6 +112,18 @@ script_reply_is_noscript(const redisReply *reply)
 }
 
 /*
+ * Whether a script stopped because a key it derives (a grant list, see src/lua/common.lua) is not on a
+ * node whose slot is migrating: Redis Cluster's answer when a script touches a key it did not declare
+ * that is elsewhere. The script wrote nothing the lock's state depends on before that key.
+ */
+static bool
+reply_is_non_local_key(const redisReply *r)
+{
+	return r != NULL && r->type == REDIS_REPLY_ERROR && r->str != NULL &&
+		strstr(r->str, "Script attempted to access") != NULL;
+}
+
+/*
  * Whether an error reply says the script did not run at all, for a reason that passes: Redis did not
  * know it, was loading its data, busy running another script, a replica, or its cluster was down;
  * Redis Cluster sent it elsewhere (MOVED, ASK); a blocked BLPOP was ended by a master turning replica
@@ -111,10 +133,13 @@ bool
 script_reply_not_run(const redisReply *reply)
 {
 	static const char *const passing[] = {"NOSCRIPT", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN",
-	"CLUSTERDOWN", "READONLY", "MOVED ", "ASK ", "UNBLOCKED"};
+	"CLUSTERDOWN", "READONLY", "UNBLOCKED"};
 
 	if (reply->type != REDIS_REPLY_ERROR || reply->str == NULL)
 		return false;
+	if (reply_is_non_local_key(reply) ||
+		(cluster_mode() && (strncmp(reply->str, "MOVED ", 6) == 0 || strncmp(reply->str, "ASK ", 4) == 0)))
+		return true;
 	for (int i = 0; i < lengthof(passing); i++)
 	{
 		if (strncmp(reply->str, passing[i], strlen(passing[i])) == 0)
@@ -137,7 +162,8 @@ static bool
 reply_is_busy_cluster(const redisReply *r)
 {
 	return r != NULL && r->type == REDIS_REPLY_ERROR && r->str != NULL &&
-		(strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "CLUSTERDOWN", 11) == 0);
+		(strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "CLUSTERDOWN", 11) == 0 ||
+		 reply_is_non_local_key(r));
 }
 
 /* A pause before sending again (10 ms doubling to 200 ms), never past deadline; false if none left. */
@@ -295,10 +321,17 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 			else if (reply_is_busy_cluster(replies[i]) && cluster_mode() &&
 					 GetCurrentTimestamp() < deadline)
 			{
-				RedisError	ignored;
-
-				target[i] = cluster_server_for_slot(cluster_command_slot(&cmds[i]), false, &ignored);
-				asking[i] = false;
+				/*
+				 * An ASK target that says TRYAGAIN (the lock's keys are split for a moment) is asked
+				 * again, after ASKING; anything else goes where the map says now.
+				 */
+				if (asking[i])
+					target[i] = sent_to[i];
+				else
+				{
+					target[i] = cluster_server_for_slot_as_is(cluster_command_slot(&cmds[i]));
+					asking[i] = false;
+				}
 				busy |= target[i] != NULL;
 			}
 			if (target[i] != NULL)
@@ -308,6 +341,17 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 			break;
 		if (redirected)
 			redirections++;
+
+		/*
+		 * WAIT counts what ran on the node it was sent to: when nothing but WAIT ran there (every
+		 * command is sent elsewhere now), its answer says nothing; the WAIT sent along with the
+		 * commands that are sent again answers instead.
+		 */
+		if (wait_at >= 0 && replies[wait_at] != NULL && nagain == ncmds - 1)
+		{
+			freeReplyObject(replies[wait_at]);
+			replies[wait_at] = NULL;
+		}
 		for (int k = 0; k < nagain; k++)
 		{
 			freeReplyObject(replies[idx[k]]);
@@ -382,12 +426,11 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 RedisServer *
 script_answered_by(const RedisCommand *cmd)
 {
-	RedisError	ignored;
 	RedisServer *server;
 
 	if (!cluster_mode())
 		return redis_primary_server();
-	server = cluster_server_for_slot(cluster_command_slot(cmd), false, &ignored);
+	server = cluster_server_for_slot_as_is(cluster_command_slot(cmd));
 	return server != NULL ? server : redis_primary_server_as_is();
 }
 
@@ -450,12 +493,15 @@ script_run_routed(int ncmds, RedisCommand *cmds, RedisScriptId *ids, redisReply 
 		{
 			RedisError	again_err;
 			RedisServer *again = cluster_server_for_slot(cluster_command_slot(&cmds[0]), true, &again_err);
+			bool		sent_before = err->sent;
 
 			if (again != NULL && again != server)
 			{
 				ok = script_run(again, ncmds, cmds, ids, replies, timeout_ms, interruptible, err);
 				if (!ok && (err->unreachable || err->connection_lost))
 					cluster_server_failed();
+				if (!ok)
+					err->sent |= sent_before;
 			}
 		}
 		return ok;

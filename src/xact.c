@@ -237,8 +237,13 @@ verify_before_commit(void)
 		bool		expiring = now >= lock->lease_start_ms + lock->ttl_ms - commit_margin_ms(lock);
 		RedisServer *server = lock_table_server_now(lock);
 
-		/* still on the connection it was taken on (no round trip); a lock whose slot moved is checked */
+		/*
+		 * Still on the connection it was taken on (no round trip). In Redis Cluster also under the
+		 * same slot map: a lock whose slot moved, or whose master this backend saw fail over, is
+		 * checked (a demoted master keeps its clients' connections open).
+		 */
 		intact = server != NULL && server == lock->server &&
+			lock->map_generation == cluster_map_generation() &&
 			redis_connection_intact(server, lock->connection_epoch);
 
 		if (lock->nholds == 0 ? expiring :

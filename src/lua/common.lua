@@ -6,17 +6,22 @@
 --                             'm' and permits for a semaphore
 --   KEYS[2]  {P K}:q          sorted set: waiting acquisitions, scored by arrival (Redis time, us, strictly rising)
 --   KEYS[3]  {P K}:w          hash: waiting acquisition -> "<heartbeat deadline ms>:<lease ttl ms>:<mode>"
---   {P K}:s                   hash: shared holder (or semaphore permit holder) -> "<expires ms>:<token>"
+--   KEYS[4]  {P K}:s          hash: shared holder (or semaphore permit holder) -> "<expires ms>:<token>";
+--                             declared in Redis Cluster mode only (derived from KEYS[1] otherwise), so
+--                             that a slot migration that has moved some of these four keys and not the
+--                             rest makes Redis answer TRYAGAIN instead of running on half the state
 --   {P K}:g:<acquisition>     list: the grant (fencing token) handed to a waiting acquisition
 --   {P K}:x:<acquisition>     the undo of an acquisition that did not hold the lock (see tombstone_key)
--- The last three are derived from KEYS[1], so they are in the same slot.
+-- The last two are derived from KEYS[1], so they are in the same slot. In Redis Cluster, a script that
+-- meets one of them missing on a node whose slot is migrating fails there ("Script attempted to access
+-- a non local key") and is run again: so a handoff pushes the grant before it writes anything else.
 -- Modes: 'x' exclusive, 's' shared, 'm' a semaphore permit.
 -- An acquisition id ("<host>:<port>:<pid>:<nonce>:<n>") names one lock call of one backend; no other
 -- call uses it, so nothing sent for one acquisition can act on another. Its backend is the id without
 -- ":<n>": a backend's own holds never block its own requests.
 -- Every key has a TTL, and the scripts delete the lock's keys when nobody holds or waits.
 local lock_key, queue_key, waiters_key = KEYS[1], KEYS[2], KEYS[3]
-local shared_key = lock_key .. ':s'
+local shared_key = KEYS[4] or (lock_key .. ':s')
 
 -- Redis's own clock, never a client's: milliseconds for leases, microseconds for tokens and arrival order.
 local function redis_now()
@@ -154,8 +159,8 @@ end
 
 -- Give holder the lock in mode for ttl ms; returns its token. An exclusive holder whose lease ran out
 -- loses its claim here: its check before commit must now fail, as the lock was taken meanwhile.
-local function grant(st, holder, mode, ttl, now_ms, now_us)
-  local token = next_token(st.last, now_us)
+local function grant(st, holder, mode, ttl, now_ms, now_us, given_token)
+  local token = given_token or next_token(st.last, now_us)
   st.last = token
   if st.raw_owner and not st.owner and mode ~= 'x' then
     redis.call('HDEL', lock_key, 'owner', 'otoken', 'expires')
@@ -217,11 +222,13 @@ local function hand_over(st, now_ms, now_us)
     if not head or not compatible(st, mode, head) then
       return n, tokens
     end
-    local token = grant(st, head, mode, ttl, now_ms, now_us)
-    forget_waiter(head)
+    -- the grant list first (see the top: in a migrating slot it is the write that may be refused)
+    local token = next_token(st.last, now_us)
     local g = grant_key(head)
     redis.call('RPUSH', g, token)
     redis.call('PEXPIRE', g, ttl)
+    grant(st, head, mode, ttl, now_ms, now_us, token)
+    forget_waiter(head)
     n = n + 1
     tokens[head] = token
     if mode == 'x' then
