@@ -3,7 +3,11 @@
 #   - a TLS-only redis-server (start_tls_redis, a RedisTopology::TlsRedis),
 #   - a Sentinel topology: a master, two replicas and three Sentinels on free loopback ports
 #     (start_sentinel_topology, a RedisTopology::Sentinels), with helpers that fail over, kill the
-#     master, and stop and restart the replicas, each waiting until Sentinel and the data nodes agree.
+#     master, and stop and restart the replicas, each waiting until Sentinel and the data nodes agree,
+#   - a Redis Cluster: three masters and three replicas on free loopback ports
+#     (start_cluster_topology, a RedisTopology::Cluster), with helpers that find a key name per master,
+#     migrate a slot (whole, or step by step to hold it half-migrated), fail over, kill a master and
+#     restart a node, each waiting until every node agrees.
 # Plain servers still come from RedisLockTest::start_redis. Every process started here is killed
 # (-9) at exit.
 package RedisTopology;
@@ -18,7 +22,7 @@ use PostgreSQL::Test::Utils ();
 use RedisLockTest ();
 use Time::HiRes ();
 
-our @EXPORT_OK = qw(make_certs start_tls_redis start_sentinel_topology);
+our @EXPORT_OK = qw(make_certs start_tls_redis start_sentinel_topology start_cluster_topology);
 
 # Everything started here, killed at exit (before File::Temp removes the directories).
 my @started;
@@ -265,6 +269,45 @@ sub start_sentinel_topology
 	}, 'RedisTopology::Sentinels';
 	$self->start_data_nodes;
 	$self->start_sentinels;
+	return $self;
+}
+
+############################################################################
+# Redis Cluster
+############################################################################
+
+# Arguments of every cluster node, beyond RedisLockTest::Redis's (port, bind 127.0.0.1, no save, no
+# appendonly, dir, pidfile, logfile):
+#   cluster-port: the bus port is allocated too (port + 10000 may be above 65535 for an ephemeral port),
+#   cluster-announce-ip: what CLUSTER NODES/SLOTS and MOVED name, whatever a node learnt of itself,
+#   cluster-replica-validity-factor 0: a replica always tries to fail over, however long its link was
+#     down (a kill -9 right after a restart must still promote it),
+#   cluster-allow-replica-migration no: a replica stays with its master (the topology stays as built),
+#   repl-diskless-load swapdb, repl-diskless-sync: no dump.rdb is written by a full sync, so a
+#     restarted node comes back empty, as a node without persistence does.
+my @CLUSTER_NODE_ARGS = ('--cluster-enabled', 'yes', '--cluster-announce-ip', '127.0.0.1',
+	'--cluster-replica-validity-factor', '0', '--cluster-allow-replica-migration', 'no',
+	'--maxmemory-policy', 'noeviction', '--protected-mode', 'no',
+	'--repl-diskless-sync', 'yes', '--repl-diskless-sync-delay', '0', '--repl-diskless-load', 'swapdb');
+
+# start_cluster_topology(masters => 3, replicas => 1 (per master), node_timeout_ms => 1000,
+#   args => [more redis-server arguments], seconds => 30): a Redis Cluster made by
+# `redis-cli --cluster create ... --cluster-replicas N`, returned once every node says cluster_state:ok,
+# all agree on who serves which slot and every replica is synced: a RedisTopology::Cluster.
+# Its nodes are RedisTopology::ClusterNode objects; ->nodes lists them in creation order (the first
+# `masters` were created as the masters). Every node is killed (-9) at exit.
+sub start_cluster_topology
+{
+	my (%opt) = @_;
+	my $self = bless {
+		n_masters => $opt{masters} // 3,
+		n_replicas => $opt{replicas} // 1,
+		node_timeout_ms => $opt{node_timeout_ms} // 1000,
+		args => $opt{args} // [],
+		nodes => [],
+	}, 'RedisTopology::Cluster';
+	$self->start_nodes;
+	$self->create($opt{seconds});
 	return $self;
 }
 
@@ -725,6 +768,671 @@ sub start_replicas
 	my $master = $self->master;
 	$_->start for grep { $_ != $master && !$_->alive } @{ $self->{data} };
 	$self->wait_replicas_synced;
+}
+
+# An error reply of RedisTopology::ClusterNode::command: a blessed reference to its text.
+package RedisTopology::ReplyError;
+
+use overload '""' => sub { ${ $_[0] } }, fallback => 1;
+
+sub new { my ($class, $text) = @_; return bless \$text, $class }
+
+# A node of a RedisTopology::Cluster: a RedisLockTest::Redis started with the cluster arguments and its
+# own nodes.conf in its directory, kept across ->stop and ->start, so a restarted node rejoins with its
+# identity (a master that was failed over comes back as a replica of the node that replaced it). Its
+# data is not kept: it comes back empty and resyncs from its master.
+package RedisTopology::ClusterNode;
+
+use parent -norequire, 'RedisLockTest::Redis';
+use IO::Select;
+use IO::Socket::INET;
+use Time::HiRes ();
+
+# kill -9, waiting until the process is gone.
+sub stop { RedisTopology::kill_and_wait(@_) }
+
+sub port { return $_[0]{port} }
+
+# "127.0.0.1:<port>"
+sub addr { return "127.0.0.1:$_[0]{port}" }
+
+sub log_file { return "$_[0]{dir}/redis.log" }
+
+sub alive { return RedisTopology::running($_[0]) }
+
+sub start
+{
+	my ($self) = @_;
+	unlink "$self->{dir}/dump.rdb";
+	local $self->{args} = [ '--cluster-config-file', "$self->{dir}/nodes.conf", '--cluster-port', $self->{cport},
+		'--cluster-node-timeout', $self->{node_timeout_ms}, @CLUSTER_NODE_ARGS, @{ $self->{extra_args} } ];
+	$self->SUPER::start;
+}
+
+# command(args...): one command over this object's own connection to the node (RESP, made again
+# when the node closed it), answered within timeout_ms (default 10 s). Returns the reply as Perl data:
+# a string (status, integer, bulk), undef (nil), an array ref, or a RedisTopology::ReplyError for an
+# error reply; a RedisTopology::ReplyError 'NOCONNECTION ...' when the node cannot be reached or does
+# not answer in time (the connection is then dropped). Polling the six nodes with redis-cli costs
+# 50 ms a call here; this ~0.1 ms.
+sub command
+{
+	my ($self, @args) = @_;
+	my $sock = $self->{sock};
+	# a connection the node has closed (restarted, CLIENT KILL) reads as ready: drop it first
+	if ($sock && IO::Select->new($sock)->can_read(0))
+	{
+		close $sock;
+		$sock = undef;
+	}
+	$sock //= IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $self->{port}, Proto => 'tcp', Timeout => 2);
+	return RedisTopology::ReplyError->new("NOCONNECTION cannot connect to port $self->{port}: $!") unless $sock;
+	$self->{sock} = $sock;
+	$self->{rbuf} = '';
+	my $reply = eval {
+		local $SIG{PIPE} = 'IGNORE';
+		my $req = '*' . scalar(@args) . "\r\n" . join('', map { '$' . length($_) . "\r\n$_\r\n" } @args);
+		while (length $req)
+		{
+			my $n = syswrite($sock, $req);
+			die "write: $!\n" unless $n;
+			substr($req, 0, $n) = '';
+		}
+		$self->read_reply(Time::HiRes::time() + ($self->{timeout_ms} // 10_000) / 1000);
+	};
+	return $reply unless $@;
+	close $sock;
+	delete $self->{sock};
+	chomp(my $why = $@);
+	return RedisTopology::ReplyError->new("NOCONNECTION port $self->{port}: $why");
+}
+
+sub read_more
+{
+	my ($self, $deadline) = @_;
+	my $left = $deadline - Time::HiRes::time();
+	die "no answer in time\n" if $left <= 0 || !IO::Select->new($self->{sock})->can_read($left);
+	my $n = sysread($self->{sock}, $self->{rbuf}, 65536, length $self->{rbuf});
+	die "read: " . (defined $n ? 'connection closed' : $!) . "\n" unless $n;
+}
+
+sub read_reply
+{
+	my ($self, $deadline) = @_;
+	my $end;
+	$self->read_more($deadline) while ($end = index($self->{rbuf}, "\r\n")) < 0;
+	my $line = substr($self->{rbuf}, 0, $end + 2, '');
+	my ($type, $rest) = (substr($line, 0, 1), substr($line, 1, $end - 1));
+	return $rest if $type eq '+' || $type eq ':';
+	return RedisTopology::ReplyError->new($rest) if $type eq '-';
+	if ($type eq '$')
+	{
+		return undef if $rest < 0;
+		$self->read_more($deadline) while length($self->{rbuf}) < $rest + 2;
+		my $data = substr($self->{rbuf}, 0, $rest + 2, '');
+		return substr($data, 0, $rest);
+	}
+	if ($type eq '*')
+	{
+		return undef if $rest < 0;
+		return [ map { $self->read_reply($deadline) } 1 .. $rest ];
+	}
+	die "unexpected reply: $line\n";
+}
+
+# cli(args...): the answer as redis-cli prints it (not to a terminal), trimmed: an error reply as its
+# text ("MOVED 1234 127.0.0.1:5678"), nil as '', an array's elements one a line; '' when the node does
+# not answer.
+sub cli
+{
+	my ($self, @args) = @_;
+	my $reply = $self->command(@args);
+	return '' if ref $reply eq 'RedisTopology::ReplyError' && $$reply =~ /^NOCONNECTION /;
+	return cli_text($reply);
+}
+
+sub cli_text
+{
+	my ($reply) = @_;
+	return '' unless defined $reply;
+	return join "\n", map { cli_text($_) } @$reply if ref $reply eq 'ARRAY';
+	return $$reply if ref $reply eq 'RedisTopology::ReplyError';
+	return $reply;
+}
+
+# The node's cluster id (kept in nodes.conf, so the same after a restart).
+sub id
+{
+	my ($self) = @_;
+	return $self->{id} if defined $self->{id};
+	my $id = $self->cli('CLUSTER', 'MYID');
+	die "CLUSTER MYID on port $self->{port} answers: $id" unless $id =~ /^[0-9a-f]{40}$/;
+	return $self->{id} = $id;
+}
+
+# ROLE's first word: 'master', 'slave' or '' when it does not answer.
+sub role
+{
+	my ($self) = @_;
+	my ($role) = split /\n/, $self->cli('ROLE');
+	return $role // '';
+}
+
+# INFO <section> as { field => value }.
+sub info
+{
+	my ($self, $section) = @_;
+	return RedisTopology::Cluster::fields($self->cli('INFO', $section // 'default'));
+}
+
+# CLUSTER INFO as { field => value }.
+sub cluster_info
+{
+	my ($self) = @_;
+	return RedisTopology::Cluster::fields($self->cli('CLUSTER', 'INFO'));
+}
+
+# This node's CLUSTER NODES, parsed: { id => { id, port, flags => { master => 1, ... }, master_id
+# (undef for a master), epoch, link, slots => [ [first, last], ... ], migrating => { slot => id },
+# importing => { slot => id } } } (migrating and importing appear only in the node's own entry).
+sub view
+{
+	my ($self) = @_;
+	my %view;
+	for my $line (split /\r?\n/, $self->cli('CLUSTER', 'NODES'))
+	{
+		my ($id, $addr, $flags, $master, undef, undef, $epoch, $link, @slots) = split ' ', $line;
+		next unless defined $link && $id =~ /^[0-9a-f]{40}$/;
+		my ($port) = $addr =~ /:(\d+)@/;
+		my $node = {
+			id => $id, port => $port, flags => { map { $_ => 1 } split /,/, $flags },
+			master_id => $master eq '-' ? undef : $master, epoch => $epoch, link => $link,
+			slots => [], migrating => {}, importing => {},
+		};
+		for (@slots)
+		{
+			if (/^\[(\d+)->-([0-9a-f]{40})\]$/) { $node->{migrating}{$1} = $2 }
+			elsif (/^\[(\d+)-<-([0-9a-f]{40})\]$/) { $node->{importing}{$1} = $2 }
+			elsif (/^(\d+)(?:-(\d+))?$/) { push @{ $node->{slots} }, [ $1, $2 // $1 ] }
+		}
+		$view{$id} = $node;
+	}
+	return \%view;
+}
+
+# A Redis Cluster made by start_cluster_topology. Who is master changes with failovers: ->masters,
+# ->replicas, ->replica_of and ->master_of ask the nodes each time (once they agree). Masters are
+# numbered by the lowest slot each serves (0 serves slot 0 as long as slot 0 is not migrated).
+package RedisTopology::Cluster;
+
+use RedisLockTest qw(wait_until);
+use Time::HiRes qw(usleep);
+
+# "field:value" lines as { field => value }.
+sub fields
+{
+	my ($text) = @_;
+	my %fields;
+	for (split /\r?\n/, $text // '')
+	{
+		$fields{$1} = $2 if /^(\w+):(.*)$/;
+	}
+	return \%fields;
+}
+
+sub start_nodes
+{
+	my ($self) = @_;
+	my %taken;
+	my $free_port = sub {
+		my $port;
+		do { $port = RedisLockTest::free_port() } while $taken{$port}++;
+		return $port;
+	};
+	for my $i (0 .. $self->{n_masters} * (1 + $self->{n_replicas}) - 1)
+	{
+		my $node = bless {
+			port => $free_port->(),
+			cport => $free_port->(),
+			dir => RedisTopology::fresh_dir("redis_cluster$i"),
+			node_timeout_ms => $self->{node_timeout_ms},
+			extra_args => $self->{args},
+		}, 'RedisTopology::ClusterNode';
+		push @started, $node;
+		push @{ $self->{nodes} }, $node;
+		$node->start;
+	}
+}
+
+sub create
+{
+	my ($self, $seconds) = @_;
+	my @cmd = ('redis-cli', '--cluster', 'create', (map { $_->addr } @{ $self->{nodes} }),
+		'--cluster-replicas', $self->{n_replicas}, '--cluster-yes');
+	eval { RedisTopology::run_quiet(@cmd); 1 } or $self->fail("redis-cli --cluster create failed: $@");
+	$self->wait_converged(seconds => $seconds);
+}
+
+# die with the message and the tail of every node's log.
+sub fail
+{
+	my ($self, $message) = @_;
+	my $logs = join '', map { RedisTopology::log_tail($_->log_file, 10) } @{ $self->{nodes} };
+	die "$message\n$logs";
+}
+
+# Every node, in creation order (dead ones too).
+sub nodes { return @{ $_[0]{nodes} } }
+
+sub live_nodes { return grep { $_->alive } @{ $_[0]{nodes} } }
+
+sub node_by_id
+{
+	my ($self, $id) = @_;
+	return undef unless defined $id;
+	my ($node) = grep { $_->id eq $id } @{ $self->{nodes} };
+	return $node;
+}
+
+sub node_on_port
+{
+	my ($self, $port) = @_;
+	my ($node) = grep { $_->{port} == $port } @{ $self->{nodes} };
+	return $node;
+}
+
+# redislock.cluster_nodes naming one node: "127.0.0.1:<port>" (default the first node created, a
+# master at creation).
+sub seed_setting
+{
+	my ($self, $node) = @_;
+	return ($node // $self->{nodes}[0])->addr;
+}
+
+# redislock.cluster_nodes naming every node.
+sub nodes_setting
+{
+	my ($self) = @_;
+	return join ',', map { $_->addr } @{ $self->{nodes} };
+}
+
+# cli(args...) on the first live node.
+sub cli_any
+{
+	my ($self, @args) = @_;
+	my ($node) = $self->live_nodes or $self->fail("no live cluster node");
+	return $node->cli(@args);
+}
+
+# What a view says about who serves which slots and who replicates whom (flags such as fail, pfail
+# and myself left out).
+sub view_signature
+{
+	my ($view) = @_;
+	my @entries;
+	for my $id (sort keys %$view)
+	{
+		my $n = $view->{$id};
+		next if $n->{flags}{handshake} || $n->{flags}{noaddr};
+		my $role = $n->{flags}{master} ? 'master' : $n->{flags}{slave} ? 'slave' : '?';
+		push @entries, join ':', $id, $role, $n->{master_id} // '-', join ',', map { "$_->[0]-$_->[1]" } @{ $n->{slots} };
+	}
+	return join ';', @entries;
+}
+
+# The layout every live node agrees on (a view, see RedisTopology::ClusterNode::view), or undef while
+# they differ or one does not answer. In list context also the views of each live node, by port.
+sub agreed_view
+{
+	my ($self) = @_;
+	my ($agreed, $signature, %views);
+	for my $node ($self->live_nodes)
+	{
+		my $view = $node->view;
+		return undef unless %$view;
+		$views{ $node->{port} } = $view;
+		my $s = view_signature($view);
+		if (!defined $agreed) { ($agreed, $signature) = ($view, $s) }
+		elsif ($s ne $signature) { return undef }
+	}
+	return wantarray ? ($agreed, \%views) : $agreed;
+}
+
+# The agreed layout, waiting up to 30 s for the nodes to agree.
+sub view
+{
+	my ($self, $seconds) = @_;
+	my $view;
+	wait_until(sub { $view = $self->agreed_view; defined $view }, $seconds // 30)
+	  or $self->fail("the cluster's nodes do not agree on who serves which slots");
+	return $view;
+}
+
+# The masters serving slots, ordered by the lowest slot each serves.
+sub masters
+{
+	my ($self) = @_;
+	my $view = $self->view;
+	my @masters = sort { $a->{slots}[0][0] <=> $b->{slots}[0][0] }
+	  grep { $_->{flags}{master} && @{ $_->{slots} } } values %$view;
+	return map { $self->node_by_id($_->{id}) } @masters;
+}
+
+# The nodes that are replicas (live or not), ordered as their masters are in ->masters.
+sub replicas
+{
+	my ($self) = @_;
+	my $view = $self->view;
+	my %rank;
+	my @masters = $self->masters;
+	$rank{ $masters[$_]->id } = $_ for 0 .. $#masters;
+	my @replicas = sort { ($rank{ $a->{master_id} } // 99) <=> ($rank{ $b->{master_id} } // 99) || $a->{port} <=> $b->{port} }
+	  grep { $_->{flags}{slave} } values %$view;
+	return map { $self->node_by_id($_->{id}) } @replicas;
+}
+
+# The first live replica of a master (undef if none).
+sub replica_of
+{
+	my ($self, $master) = @_;
+	my $view = $self->view;
+	my ($replica) = grep { $_->alive } map { $self->node_by_id($_->{id}) }
+	  grep { $_->{flags}{slave} && ($_->{master_id} // '') eq $master->id } values %$view;
+	return $replica;
+}
+
+# The master a replica replicates (undef for a master).
+sub master_of
+{
+	my ($self, $node) = @_;
+	return $self->node_by_id($self->view->{ $node->id }{master_id});
+}
+
+# CLUSTER KEYSLOT of a Redis key.
+sub slot_of
+{
+	my ($self, $key) = @_;
+	my $slot = $self->cli_any('CLUSTER', 'KEYSLOT', $key);
+	$self->fail("CLUSTER KEYSLOT $key answers: $slot") unless $slot =~ /^\d+$/;
+	return $slot;
+}
+
+# The master serving a slot, as all live nodes agree (it may be dead: a master killed before its
+# replica is promoted).
+sub node_for_slot
+{
+	my ($self, $slot) = @_;
+	my $view = $self->view;
+	for my $n (values %$view)
+	{
+		return $self->node_by_id($n->{id}) if $n->{flags}{master} && grep { $_->[0] <= $slot && $slot <= $_->[1] } @{ $n->{slots} };
+	}
+	return undef;
+}
+
+# The Redis key of redislock's lock hash for a lock name: "{<key_prefix><name>}".
+sub lock_key
+{
+	my ($self, $name, $key_prefix) = @_;
+	return '{' . ($key_prefix // 'redislock:') . $name . '}';
+}
+
+# The slot of a lock name's keys, and the master serving it.
+sub lock_slot { my ($self, $name, $key_prefix) = @_; return $self->slot_of($self->lock_key($name, $key_prefix)) }
+
+sub master_for_lock
+{
+	my ($self, $name, $key_prefix) = @_;
+	return $self->node_for_slot($self->lock_slot($name, $key_prefix));
+}
+
+# The owner field of a lock's hash on the master serving its slot ('' when not held).
+sub lock_owner
+{
+	my ($self, $name, $key_prefix) = @_;
+	return $self->master_for_lock($name, $key_prefix)->cli('HGET', $self->lock_key($name, $key_prefix), 'owner');
+}
+
+# key_on_master(i, name_prefix, key_prefix = 'redislock:'): the first lock name "<name_prefix>-<n>"
+# whose keys ("{<key_prefix><name>}") fall on master i of ->masters. In list context also its slot.
+sub key_on_master
+{
+	my ($self, $i, $name_prefix, $key_prefix) = @_;
+	my $master = ($self->masters)[$i] or $self->fail("no master $i");
+	my @ranges = @{ $self->view->{ $master->id }{slots} };
+	for my $n (0 .. 10_000)
+	{
+		my $name = "$name_prefix-$n";
+		my $slot = $self->slot_of($self->lock_key($name, $key_prefix));
+		next unless grep { $_->[0] <= $slot && $slot <= $_->[1] } @ranges;
+		return wantarray ? ($name, $slot) : $name;
+	}
+	$self->fail("no name $name_prefix-N falls on master $i");
+}
+
+# Slot migration, as redis-cli --cluster reshard does it: begin_migration (IMPORTING on the target,
+# MIGRATING on the source), move_keys (GETKEYSINSLOT + MIGRATE, in batches), finish_migration (SETSLOT
+# NODE on the target, the source and the other masters; waits until every node agrees).
+# Between move_keys and finish_migration the slot is half-migrated: the source answers ASK for keys
+# it no longer has.
+sub begin_migration
+{
+	my ($self, $slot, $from, $to) = @_;
+	my $answer = $to->cli('CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $from->id);
+	$self->fail("CLUSTER SETSLOT $slot IMPORTING on port $to->{port} answers: $answer") unless $answer eq 'OK';
+	$answer = $from->cli('CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $to->id);
+	$self->fail("CLUSTER SETSLOT $slot MIGRATING on port $from->{port} answers: $answer") unless $answer eq 'OK';
+}
+
+# move_keys(slot, from, to, batch => 100, timeout_ms => 5000): MIGRATEs every key of the slot from the
+# source to the target (keeping their TTLs); returns how many were moved.
+sub move_keys
+{
+	my ($self, $slot, $from, $to, %opt) = @_;
+	my $moved = 0;
+	for (1 .. 1000)
+	{
+		my @keys = grep { length } split /\n/, $from->cli('CLUSTER', 'GETKEYSINSLOT', $slot, $opt{batch} // 100);
+		return $moved unless @keys;
+		my $answer = $from->cli('MIGRATE', '127.0.0.1', $to->{port}, '', 0, $opt{timeout_ms} // 5000, 'KEYS', @keys);
+		$self->fail("MIGRATE of slot $slot from port $from->{port} to $to->{port} answers: $answer")
+		  unless $answer eq 'OK' || $answer eq 'NOKEY';
+		$moved += @keys;
+	}
+	$self->fail("slot $slot on port $from->{port} does not empty");
+}
+
+sub finish_migration
+{
+	my ($self, $slot, $from, $to, %opt) = @_;
+	my @others = grep { $_ != $from && $_ != $to && $_->alive } $self->masters;
+	$self->move_keys($slot, $from, $to);
+	# the target first: being IMPORTING, it bumps its config epoch, so its claim wins everywhere
+	my $answer = $to->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $to->id);
+	$self->fail("CLUSTER SETSLOT $slot NODE on port $to->{port} answers: $answer") unless $answer eq 'OK';
+	# the source refuses while it holds keys of the slot (created there meanwhile): move them again
+	wait_until(sub {
+		$self->move_keys($slot, $from, $to);
+		($answer = $from->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $to->id)) eq 'OK';
+	}, 5) or $self->fail("CLUSTER SETSLOT $slot NODE on port $from->{port} answers: $answer");
+	$_->cli('CLUSTER', 'SETSLOT', $slot, 'NODE', $to->id) for @others;
+	$self->wait_converged(seconds => $opt{seconds}, check => sub {
+		my ($view, $views) = @_;
+		my $owner = $self->node_for_slot_in($view, $slot) // '';
+		return "slot $slot is served by " . ($owner ? "port $owner->{port}" : 'nobody') . ", not port $to->{port}" if $owner != $to;
+		for my $port (keys %$views)
+		{
+			for my $n (values %{ $views->{$port} })
+			{
+				return "port $port still has slot $slot migrating or importing"
+				  if exists $n->{migrating}{$slot} || exists $n->{importing}{$slot};
+			}
+		}
+		return '';
+	});
+}
+
+# migrate_slot(slot, from, to): the whole migration; returns how many keys were moved.
+sub migrate_slot
+{
+	my ($self, $slot, $from, $to, %opt) = @_;
+	$self->begin_migration($slot, $from, $to);
+	my $moved = $self->move_keys($slot, $from, $to);
+	$self->finish_migration($slot, $from, $to, %opt);
+	return $moved;
+}
+
+sub node_for_slot_in
+{
+	my ($self, $view, $slot) = @_;
+	for my $n (values %$view)
+	{
+		return $self->node_by_id($n->{id}) if $n->{flags}{master} && grep { $_->[0] <= $slot && $slot <= $_->[1] } @{ $n->{slots} };
+	}
+	return undef;
+}
+
+# Why the cluster is not settled yet ('' once it is): every live node answers cluster_state:ok and
+# knows every node, they agree on the layout, every slot-serving master is alive and seen by no live
+# node as failing, and every live replica has its link to its master up, synced, and is online on the
+# master's side. check->(agreed view, { port => view }) may add a condition (returns why not, or '').
+sub not_converged
+{
+	my ($self, $check) = @_;
+	my @live = $self->live_nodes;
+	for my $node (@live)
+	{
+		my $state = $node->cluster_info->{cluster_state} // 'no answer';
+		return "port $node->{port}: cluster_state $state" if $state ne 'ok';
+	}
+	my ($view, $views) = $self->agreed_view;
+	return 'the nodes do not agree on who serves which slots' unless $view;
+	return 'not every node knows every node' unless keys %$view == @{ $self->{nodes} };
+	my %live = map { $_->id => $_ } @live;
+	for my $n (values %$view)
+	{
+		return "master on port $n->{port} serves slots but is down" if $n->{flags}{master} && @{ $n->{slots} } && !$live{ $n->{id} };
+	}
+	for my $port (keys %$views)
+	{
+		for my $n (values %{ $views->{$port} })
+		{
+			return "port $port sees live port $n->{port} as failing"
+			  if $live{ $n->{id} } && ($n->{flags}{fail} || $n->{flags}{'fail?'});
+		}
+	}
+	for my $n (grep { $_->{flags}{slave} && $live{ $_->{id} } } values %$view)
+	{
+		my $replica = $live{ $n->{id} };
+		my $master = $live{ $n->{master_id} // '' } or return "replica on port $n->{port} has no live master";
+		my $r = $replica->info('replication');
+		return "replica on port $n->{port} is not synced with port $master->{port}"
+		  unless ($r->{role} // '') eq 'slave' && ($r->{master_port} // '') eq $master->{port}
+		  && ($r->{master_link_status} // '') eq 'up' && ($r->{master_sync_in_progress} // 1) eq '0';
+		my $m = $master->info('replication');
+		return "master on port $master->{port} does not list replica $n->{port} online"
+		  unless grep { /port=$n->{port},state=online/ } map { $m->{$_} } grep { /^slave\d+$/ } keys %$m;
+	}
+	return $check ? $check->($view, $views) : '';
+}
+
+# wait_converged(seconds => 30, check => sub): wait until not_converged says ''.
+sub wait_converged
+{
+	my ($self, %opt) = @_;
+	my $why = '';
+	wait_until(sub { ($why = $self->not_converged($opt{check})) eq '' }, $opt{seconds} // 30)
+	  or $self->fail("the cluster did not settle: $why");
+}
+
+# Wait until every live replica has received everything its master had written when this was called
+# (replication offsets), e.g. a lock and its waiters' queue entries before a kill -9 of the master.
+sub wait_replicas_synced
+{
+	my ($self, %opt) = @_;
+	for my $master (grep { $_->alive } $self->masters)
+	{
+		my $offset = $master->info('replication')->{master_repl_offset} // 0;
+		my $view = $self->view;
+		for my $replica (grep { $_->alive } map { $self->node_by_id($_->{id}) }
+			grep { $_->{flags}{slave} && ($_->{master_id} // '') eq $master->id } values %$view)
+		{
+			my $r = {};
+			# and online in the master's view (after the replica's first ACK): WAIT counts only those
+			wait_until(sub {
+				$r = $replica->info('replication');
+				my $m = $master->info('replication');
+				my ($seen) = grep { /port=\Q$replica->{port}\E,/ } map { $m->{$_} } grep { /^slave\d+$/ } keys %$m;
+				($r->{master_link_status} // '') eq 'up' && ($r->{slave_repl_offset} // -1) >= $offset
+				  && defined $seen && $seen =~ /state=online/;
+			}, $opt{seconds} // 30) or $self->fail("replica on port $replica->{port} did not reach offset $offset of port $master->{port}"
+				  . " (at " . ($r->{slave_repl_offset} // '?') . ", link " . ($r->{master_link_status} // '?') . ")");
+		}
+	}
+}
+
+# failover(replica, mode => '' | 'FORCE' | 'TAKEOVER', seconds => 30): CLUSTER FAILOVER on the replica,
+# then wait until every node agrees it is the master of its old master's slots, the old master
+# replicates from it and the cluster has settled. Returns the old master.
+sub failover
+{
+	my ($self, $replica, %opt) = @_;
+	my $old = $self->master_of($replica) or $self->fail("port $replica->{port} is not a replica");
+	my $answer = $replica->cli('CLUSTER', 'FAILOVER', $opt{mode} ? $opt{mode} : ());
+	$self->fail("CLUSTER FAILOVER on port $replica->{port} answers: $answer") unless $answer eq 'OK';
+	$self->wait_converged(seconds => $opt{seconds}, check => sub {
+		my ($view) = @_;
+		my $n = $view->{ $replica->id };
+		return "port $replica->{port} is not a master serving slots yet" unless $n->{flags}{master} && @{ $n->{slots} };
+		return '' unless $old->alive;
+		return "old master on port $old->{port} does not replicate port $replica->{port} yet"
+		  unless ($view->{ $old->id }{master_id} // '') eq $replica->id;
+		return '';
+	});
+	return $old;
+}
+
+# kill_master(master, seconds => 30): kill -9 the master, then wait until its replica is promoted
+# (after cluster-node-timeout and the election) and the surviving nodes have settled. Returns the
+# promoted replica; the old master stays down (restart_node brings it back as a replica).
+sub kill_master
+{
+	my ($self, $master, %opt) = @_;
+	my $replica = $self->replica_of($master) or $self->fail("master on port $master->{port} has no live replica");
+	$master->stop;
+	return $self->wait_promoted($replica, %opt);
+}
+
+# wait_promoted(replica, seconds => 30): wait until every live node agrees the replica is a master
+# serving slots and the cluster has settled; returns it. For a test that kills a master itself (to
+# act before the promotion): take replica_of(master) before the kill.
+sub wait_promoted
+{
+	my ($self, $replica, %opt) = @_;
+	$self->wait_converged(seconds => $opt{seconds}, check => sub {
+		my ($view) = @_;
+		my $n = $view->{ $replica->id };
+		return "replica on port $replica->{port} is not promoted yet" unless $n->{flags}{master} && @{ $n->{slots} };
+		return '';
+	});
+	return $replica;
+}
+
+# restart_node(node, seconds => 30): start a stopped node again (same directory, nodes.conf and ports)
+# and wait until it has rejoined and the cluster has settled (a failed-over master comes back as a
+# replica of its replacement, resynced).
+sub restart_node
+{
+	my ($self, $node, %opt) = @_;
+	$node->start;
+	$self->wait_converged(seconds => $opt{seconds}, check => sub {
+		my ($view) = @_;
+		my $n = $view->{ $node->id };
+		return "port $node->{port} is not a replica or a master serving slots yet"
+		  unless $n->{flags}{slave} || ($n->{flags}{master} && @{ $n->{slots} });
+		return '';
+	});
+	return $node;
 }
 
 1;
