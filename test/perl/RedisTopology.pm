@@ -1368,6 +1368,21 @@ sub wait_replicas_synced
 			}, $opt{seconds} // 30) or $self->fail("replica on port $replica->{port} did not reach offset $offset of port $master->{port}"
 				  . " (at " . ($r->{slave_repl_offset} // '?') . ", link " . ($r->{master_link_status} // '?') . ")");
 		}
+		# a replica just resynchronised may take a while to acknowledge the first write after it (0.4 s
+		# seen): write and WAIT once here, so that the tests' own WAITs (wait_replicas_timeout, 500 ms)
+		# meet a replica that acknowledges at once
+		my $n = grep { $_->{flags}{slave} && ($_->{master_id} // '') eq $master->id && $self->node_by_id($_->{id})->alive }
+		  values %$view;
+		next unless $n > 0;
+		my $warm;
+		for my $j (1 .. 10000)
+		{
+			$warm = "rt-warm-$j";
+			last if $self->node_for_slot($self->slot_of($warm))->id eq $master->id;
+		}
+		$master->cli('SET', $warm, '1', 'PX', '1000');
+		my $acked = $master->cli('WAIT', $n, 5000);
+		$self->fail("master on port $master->{port}: WAIT $n after a write answered $acked") if $acked ne $n;
 	}
 }
 
