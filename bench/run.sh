@@ -118,22 +118,20 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done
+variant_rounds() {   # variant: its uncontended and contended rows at 8 clients, every round
+  local variant=$1 round mode key
+  for round in $(seq 1 "$rounds"); do
+    for mode in uncontended contended; do
+      if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
+      run_pgbench "redis-$mode-8-$variant" 8 "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
+        "$round" "${variant_options[$variant]}"
+    done
+  done
+}
 start_replica
-for round in $(seq 1 "$rounds"); do
-  for mode in uncontended contended; do
-    if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
-    run_pgbench "redis-$mode-8-replica" 8 "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
-      "$round" "${variant_options[replica]}"
-  done
-done
+variant_rounds replica
 start_cluster
-for round in $(seq 1 "$rounds"); do
-  for mode in uncontended contended; do
-    if [ $mode = uncontended ]; then key=':client_id'; else key='1'; fi
-    run_pgbench "redis-$mode-8-cluster" 8 "BEGIN; SELECT redis_wait_lock('bench:' || $key); COMMIT;" \
-      "$round" "${variant_options[cluster]}"
-  done
-done
+variant_rounds cluster
 STAT_PORTS=("$REDIS_PORT")
 for name in "${!tps_runs[@]}"; do
   tps[$name]=$(echo "${tps_runs[$name]}" | median)

@@ -212,6 +212,23 @@ sub has_output
 	is($b->safe_psql('postgres', "SELECT string_agg(redis_try_lock(k)::text, ',' ORDER BY k) FROM unnest(ARRAY[$list]) k"),
 		'true,true,true', '... and the other cluster can take each');
 	$s->query_safe('COMMIT');
+
+	# the cost: six locks, two on each master, cost three writes at COMMIT (one per master, without
+	# waiting: redis_lock_stats counts a write sent without waiting as one round trip), and three round
+	# trips for redis_unlock_all (this cluster's lease keeper renews nothing this young)
+	my @six = map { my $m = $_; map { scalar $cluster->key_on_master($m, "cl:cost$m$_") } 1 .. 2 } 0 .. 2;
+	my $six = join ',', map { "'$_'" } @six;
+	my $trips = "SELECT round_trips FROM redis_lock_stats()";
+	$s->query_safe("BEGIN; SELECT count(redis_wait_lock(k)) FROM unnest(ARRAY[$six]) k;");
+	my $before = $s->query_safe($trips);
+	$s->query_safe('COMMIT');
+	is($s->query_safe($trips) - $before, 3, 'COMMIT releases six locks on three masters in three writes');
+	ok(wait_until(sub { !grep { lock_keys_on($cluster->master_for_lock($_), $_) ne '0' } @six }, 5), '... and they are gone');
+	$s->query_safe("BEGIN; SELECT count(redis_wait_lock(k)) FROM unnest(ARRAY[$six]) k;");
+	$before = $s->query_safe($trips);
+	is($s->query_safe('SELECT redis_unlock_all()'), '6', 'redis_unlock_all releases six locks on three masters');
+	is($s->query_safe($trips) - $before, 3, '... in one round trip per master');
+	$s->query_safe('COMMIT');
 	$s->quit;
 }
 
