@@ -380,6 +380,7 @@ extern bool script_run_yes_no(int n, RedisScriptId id, RedisCommand *cmds, int *
 extern RedisServer *script_answered_by(const RedisCommand *cmd);
 extern bool script_reply_is_noscript(const redisReply *reply);
 extern bool script_reply_not_run(const redisReply *reply);
+extern bool script_call_stopped_midway(void);
 extern void script_note_answer(RedisServer *server, RedisScriptId id, const redisReply *reply);
 extern bool script_known(RedisServer *server, RedisScriptId id);
 

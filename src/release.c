@@ -421,7 +421,8 @@ run_owed(int n, const int *idx, bool interruptible, int *owned, RedisError *err)
 						interruptible, err);
 	for (int k = 0; k < n; k++)
 	{
-		if (ok || !err->sent)
+		/* (a release stopped mid-way by a slot migration and run again may have run before) */
+		if ((ok || !err->sent) && !script_call_stopped_midway())
 			owed_state[idx[k]].maybe_ran = owed_state[idx[k]].ran_before;
 	}
 	if (ok)

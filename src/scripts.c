@@ -112,15 +112,29 @@ script_reply_is_noscript(const redisReply *reply)
 }
 
 /*
- * Whether a script stopped because a key it derives (a grant list, see src/lua/common.lua) is not on a
- * node whose slot is migrating: Redis Cluster's answer when a script touches a key it did not declare
- * that is elsewhere. The script wrote nothing the lock's state depends on before that key.
+ * Whether a script stopped because a key it touched is not on this node while its slot migrates (a
+ * grant list it did not declare, or a key it had just deleted: see src/lua/common.lua): Redis
+ * Cluster's answer "Script attempted to access a non local key". What it wrote before stays written;
+ * running it again is safe (it acts on its own acquisition), but its answer then may not say what the
+ * first run did: script_call_stopped_midway tells the caller.
  */
 static bool
 reply_is_non_local_key(const redisReply *r)
 {
 	return r != NULL && r->type == REDIS_REPLY_ERROR && r->str != NULL &&
-		strstr(r->str, "Script attempted to access") != NULL;
+		strstr(r->str, "non local key") != NULL;
+}
+
+static bool stopped_midway = false;
+
+/*
+ * Whether a script of the last script_run_routed stopped mid-way (see reply_is_non_local_key) and ran
+ * again.
+ */
+bool
+script_call_stopped_midway(void)
+{
+	return stopped_midway;
 }
 
 /*
@@ -278,11 +292,17 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 	int			redirections = 0;
 	int			pauses = 0;
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	bool		any_error = false;
 
 	if (!redis_roundtrip(server, ncmds, cmds, replies, timeout_ms, interruptible, err))
 		return false;
 	for (int i = 0; i < ncmds; i++)
+	{
 		script_note_answer(server, ids[i], replies[i]);
+		any_error |= replies[i]->type == REDIS_REPLY_ERROR;
+	}
+	if (!any_error)
+		return true;			/* the common case: nothing to send again */
 
 	sent_to = palloc(ncmds * sizeof(RedisServer *));
 	target = palloc(ncmds * sizeof(RedisServer *));
@@ -321,6 +341,11 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 			else if (reply_is_busy_cluster(replies[i]) && cluster_mode() &&
 					 GetCurrentTimestamp() < deadline)
 			{
+				/*
+				 * (In a commit or abort callback too, within timeout_ms: a release that stayed owed
+				 * would wait for the session's next command, or the lease.)
+				 */
+				stopped_midway |= reply_is_non_local_key(replies[i]);
 				/*
 				 * An ASK target that says TRYAGAIN (the lock's keys are split for a moment) is asked
 				 * again, after ASKING; anything else goes where the map says now.
@@ -391,8 +416,11 @@ script_run(RedisServer *server, int ncmds, RedisCommand *cmds, RedisScriptId *id
 					target[idx[l]] = NULL;
 				}
 			}
+			/* every round within what is left of the call's time */
 			if (!resend_group(to, n, group, cmds, asking, wait_at, replies,
-							  wait_at >= 0 ? &wait : NULL, timeout_ms, interruptible && held == 0, err))
+							  wait_at >= 0 ? &wait : NULL,
+							  (int) Max(1, (deadline - GetCurrentTimestamp()) / 1000),
+							  interruptible && held == 0, err))
 			{
 				pfree(group);
 				redis_free_replies(ncmds, replies);
@@ -456,6 +484,7 @@ script_run_routed(int ncmds, RedisCommand *cmds, RedisScriptId *ids, redisReply 
 	bool		any_sent = false;
 	int			nran = 0;
 
+	stopped_midway = false;
 	if (!cluster_mode())
 		return script_run(redis_primary_server(), ncmds, cmds, ids, replies, timeout_ms, interruptible, err);
 	if (interruptible)
@@ -463,7 +492,13 @@ script_run_routed(int ncmds, RedisCommand *cmds, RedisScriptId *ids, redisReply 
 	route = palloc(ncmds * sizeof(RedisServer *));
 	for (int i = 0; i < nplain; i++)
 	{
-		route[i] = cluster_server_for_slot(cluster_command_slot(&cmds[i]), interruptible, err);
+		/* commit and abort callbacks take the map as it is: no round trip, no settings applied */
+		route[i] = interruptible ?
+			cluster_server_for_slot(cluster_command_slot(&cmds[i]), true, err) :
+			cluster_server_for_slot_as_is(cluster_command_slot(&cmds[i]));
+		if (route[i] == NULL && !interruptible)
+			redis_error_set(err, ERRCODE_CANNOT_CONNECT_NOW, NULL,
+							"no node of the Redis Cluster is known for slot %d", cluster_command_slot(&cmds[i]));
 		if (route[i] == NULL)
 		{
 			err->sent = false;
