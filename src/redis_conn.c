@@ -1245,19 +1245,6 @@ redis_unanswered(RedisServer *server)
 }
 
 /*
- * Read the replies owed to redis_send_unanswered, in the order of the commands, into replies[] (room
- * for redis_unanswered() of them), within redislock.command_timeout. Usually they arrived long ago
- * and this is one read(). On failure the connection is closed (or kept as stalled, like a round trip
- * that timed out) and err says why.
- */
-bool
-redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible, RedisError *err)
-{
-	return redis_read_unanswered_within(server, replies, redislock_command_timeout_ms, interruptible,
-										err);
-}
-
-/*
  * Whether every reply owed to redis_send_unanswered arrives within wait_ms (a short grace, which
  * never throws); then they are read into replies[] as redis_read_unanswered does. When they do not,
  * what arrived is kept, and the connection still owes the rest, as before: nothing is lost or closed.
@@ -1291,12 +1278,17 @@ redis_unanswered_arrived(RedisServer *server, redisReply **replies, int wait_ms)
 	return true;
 }
 
-/* redis_read_unanswered within timeout_ms. */
+/*
+ * Read the replies owed to redis_send_unanswered, in the order of the commands, into replies[] (room
+ * for redis_unanswered() of them), within redislock.command_timeout. Usually they arrived long ago
+ * and this is one read(). On failure the connection is closed (or kept as stalled, like a round trip
+ * that timed out) and err says why.
+ */
 bool
-redis_read_unanswered_within(RedisServer *server, redisReply **replies, int timeout_ms,
-							 bool interruptible, RedisError *err)
+redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible, RedisError *err)
 {
 	int			n = server->unanswered;
+	int			timeout_ms = redislock_command_timeout_ms;
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
 	err->sent = true;

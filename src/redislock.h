@@ -296,8 +296,6 @@ extern bool redis_send_unanswered(RedisServer *server, int ncmds, const RedisFor
 extern int	redis_unanswered(RedisServer *server);
 extern bool redis_read_unanswered(RedisServer *server, redisReply **replies, bool interruptible,
 								  RedisError *err);
-extern bool redis_read_unanswered_within(RedisServer *server, redisReply **replies, int timeout_ms,
-										 bool interruptible, RedisError *err);
 extern bool redis_unanswered_arrived(RedisServer *server, redisReply **replies, int wait_ms);
 extern void redis_free_replies(int n, redisReply **replies);
 extern void redis_disconnect(RedisServer *server);

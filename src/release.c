@@ -586,14 +586,14 @@ send_grouped_by_server(void)
 				}
 			}
 		}
-		else if (err.sent)
+		else
 		{
-			/* part of the write may have reached Redis */
+			/* not sent (they take a round trip below); part of the write may have reached Redis */
 			for (int i = first; i < nowed; i++)
 			{
 				if (!owed_state[i].sent && owed_state[i].route == server)
 				{
-					owed_state[i].maybe_ran = true;
+					owed_state[i].maybe_ran |= err.sent;
 					owed_state[i].route = NULL;
 				}
 			}
